@@ -1,0 +1,66 @@
+"""fastapi-mesh: a client-side service mesh for FastAPI and httpx, in-process.
+
+    from fastapi import Depends, FastAPI
+    from fastapi_mesh import Mesh, MeshClient, MeshSettings, get_mesh
+
+    mesh = Mesh(MeshSettings(service_name="api-gateway"))
+    app = FastAPI(lifespan=mesh.lifespan)
+    app.include_router(mesh.router)
+
+    @app.get("/api/users")
+    @mesh.policy(timeout=2.0, bulkhead=50, fallback=lambda: {"users": []})
+    async def users(client: MeshClient = Depends(get_mesh)):
+        response = await client.get("user-service", "/api/users")
+        response.raise_for_status()
+        return response.json()
+"""
+
+from .client import MeshClient, create_service_mesh_client
+from .clock import Clock, ManualClock, MonotonicClock
+from .discovery import Discovery, Endpoint, StaticDiscovery
+from .errors import (
+    AuthorizationDenied,
+    BulkheadFull,
+    CircuitOpen,
+    DeadlineExceeded,
+    MeshError,
+    NoHealthyEndpoints,
+    UpstreamUnavailable,
+)
+from .events import EndpointsChanged, EventBus, RequestEvent, RetryEvent
+from .extension import Mesh, get_mesh
+from .health import HealthManager
+from .middleware import MeshMiddleware
+from .settings import MeshSettings, ServicePolicy, get_service_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthorizationDenied",
+    "BulkheadFull",
+    "CircuitOpen",
+    "Clock",
+    "DeadlineExceeded",
+    "Discovery",
+    "Endpoint",
+    "EndpointsChanged",
+    "EventBus",
+    "HealthManager",
+    "ManualClock",
+    "Mesh",
+    "MeshClient",
+    "MeshError",
+    "MeshMiddleware",
+    "MeshSettings",
+    "MonotonicClock",
+    "NoHealthyEndpoints",
+    "RequestEvent",
+    "RetryEvent",
+    "ServicePolicy",
+    "StaticDiscovery",
+    "UpstreamUnavailable",
+    "__version__",
+    "create_service_mesh_client",
+    "get_mesh",
+    "get_service_config",
+]

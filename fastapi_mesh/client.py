@@ -1,0 +1,356 @@
+"""``MeshClient``: httpx's API addressed by service name, through the mesh's layer stack.
+
+>>> async def main() -> None:
+...     async with MeshClient(MeshSettings(discovery={"endpoints": {"users": ["http://10.0.0.1:8080"]}})) as c:
+...         response = await c.get("users", "/api/users", params={"page": 2}, deadline=1.5)
+...         response.raise_for_status()
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .clock import Clock, MonotonicClock
+from .context import EXTENSION, CallContext, InboundContext, current_inbound, current_route_deadline
+from .discovery import Discovery, build_discovery
+from .errors import MeshError
+from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
+from .health.manager import HealthManager
+from .registry import ServiceRegistry, ServiceState
+from .resilience.fallback import call_fallback
+from .settings import MeshSettings
+from .stack import build_connection_pool, build_stack
+
+__all__ = ["MeshClient", "create_service_mesh_client"]
+
+_MISSING: Any = object()
+
+
+class _Runtime:
+    """What a client and all its per-request views share. Loop-bound parts exist only while started."""
+
+    def __init__(
+        self,
+        settings: MeshSettings,
+        transport: httpx.AsyncBaseTransport | None,
+        clock: Clock | None,
+        rng: random.Random | None,
+        discovery: Discovery | None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or MonotonicClock()
+        self.rng = rng or random.Random()
+        self.events = EventBus()
+        self.user_transport = transport
+        self.discovery: Discovery = discovery if discovery is not None else build_discovery(settings)
+        self.registry = ServiceRegistry(settings, self.rng, on_new=self._watch)
+        self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
+        self.http: httpx.AsyncClient | None = None
+        self.discovery_started = False
+
+    def _watch(self, service: str) -> None:
+        if self.discovery_started:
+            self.discovery.watch(service)
+
+    async def start(self) -> httpx.AsyncClient:
+        if self.http is not None:
+            return self.http
+        pool = self.user_transport or build_connection_pool(self.settings)
+        stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
+        self.http = http = httpx.AsyncClient(
+            transport=_Borrowed(stack) if self.user_transport is not None else stack,
+            trust_env=False,
+            follow_redirects=False,
+        )
+        await self.discovery.start(self.registry.publish)
+        self.discovery_started = True
+        for service in self.registry.services:
+            self.discovery.watch(service)
+        await self.health.start()
+        return http
+
+    async def stop(self) -> None:
+        http, self.http = self.http, None
+        await self.health.stop()
+        if self.discovery_started:
+            self.discovery_started = False
+            await self.discovery.stop()
+        if http is not None:
+            await http.aclose()
+
+
+class _Borrowed(httpx.AsyncBaseTransport):
+    """The stack over a transport the caller passed in: closing the client leaves theirs open."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.handle_async_request = inner.handle_async_request  # type: ignore[method-assign]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:  # pragma: no cover
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MeshClient:
+    """A resilient httpx client that addresses upstreams by service name.
+
+    ``MeshClient(settings=None, *, transport=None, clock=None, rng=None, discovery=None)``: ``transport``
+    replaces the innermost connection layer (e.g. ``httpx.MockTransport``); ``clock`` and ``rng`` make
+    timing and randomness exact in tests; ``discovery`` replaces the backend the settings name.
+
+    Use it as ``async with MeshClient(settings) as client:``, or call ``await client.initialize()`` and
+    ``await client.aclose()``. Inside FastAPI, take it with ``Depends(get_mesh)``.
+    """
+
+    __slots__ = ("_inbound", "_owner", "_rt")
+
+    def __init__(
+        self,
+        settings: MeshSettings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        discovery: Discovery | None = None,
+    ) -> None:
+        self._rt = _Runtime(settings if settings is not None else MeshSettings(), transport, clock, rng, discovery)
+        self._inbound: InboundContext | None = None
+        self._owner = True
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    async def initialize(self) -> None:
+        """Start discovery, health checks and the connection pool (``async with`` does this for you)."""
+        await self._rt.start()
+
+    async def aclose(self) -> None:
+        """Stop background work and close pooled connections. A per-request view closes nothing."""
+        if self._owner:
+            await self._rt.stop()
+
+    async def __aenter__(self) -> MeshClient:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _bind(self, inbound: InboundContext | None) -> MeshClient:
+        """A light view of this client that carries one inbound request's caller, deadline and headers."""
+        view = MeshClient.__new__(MeshClient)
+        view._rt = self._rt
+        view._inbound = inbound
+        view._owner = False
+        return view
+
+    @property
+    def settings(self) -> MeshSettings:
+        return self._rt.settings
+
+    @property
+    def health(self) -> HealthManager:
+        return self._rt.health
+
+    @property
+    def discovery(self) -> Discovery:
+        return self._rt.discovery
+
+    # -------------------------------------------------------------------------------------- requests
+
+    def _prepare(
+        self, service: str, path: str, deadline: float | None, affinity_key: str | None, kwargs: dict[str, Any]
+    ) -> tuple[ServiceState, CallContext, str]:
+        rt = self._rt
+        state = rt.registry.get(service)
+        inbound = self._inbound if self._inbound is not None else current_inbound()
+        ctx = CallContext(state, self._deadline(state, deadline, inbound), inbound, affinity_key)
+        extensions = kwargs.get("extensions")
+        kwargs["extensions"] = {**extensions, EXTENSION: ctx} if extensions else {EXTENSION: ctx}
+        if "timeout" not in kwargs:
+            kwargs["timeout"] = state.attempt_timeout
+        if inbound is not None and inbound.forward:
+            headers = httpx.Headers(inbound.forward)
+            if kwargs.get("headers"):
+                headers.update(kwargs["headers"])
+            kwargs["headers"] = headers
+        if not path.startswith("/"):
+            path = "/" + path
+        return state, ctx, state.base_url + path
+
+    def _deadline(
+        self, state: ServiceState, call_deadline: float | None, inbound: InboundContext | None
+    ) -> float | None:
+        best = current_route_deadline()
+        if inbound is not None and inbound.deadline is not None and (best is None or inbound.deadline < best):
+            best = inbound.deadline
+        max_elapsed = state.policy.retry.max_elapsed
+        if call_deadline is not None or max_elapsed is not None:
+            now = self._rt.clock.now()
+            for budget in (call_deadline, max_elapsed):
+                if budget is not None and (best is None or now + budget < best):
+                    best = now + budget
+        return best
+
+    async def request(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        deadline: float | None = None,
+        fallback: Any = _MISSING,
+        affinity_key: str | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send ``method`` to ``service`` at ``path``; ``kwargs`` are httpx's own (``params``, ``json``,
+        ``headers``, ``timeout`` per attempt ...). ``deadline`` (seconds) bounds the whole call;
+        ``fallback`` answers when the mesh cannot (a value, a Response, or a callable taking the error);
+        ``affinity_key`` pins the call for session affinity and ``ip-hash``."""
+        rt = self._rt
+        http = rt.http if rt.http is not None else await rt.start()
+        state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        clock = rt.clock
+        start = clock.now()
+        state.requests += 1
+        try:
+            response = await http.request(method, url, **kwargs)
+        except MeshError as exc:
+            state.failures += 1
+            self._emit(REQUEST_FAILURE, ctx, method, None, clock.now() - start, exc)
+            if fallback is not _MISSING and state.fallback_enabled:
+                return await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
+            raise
+        status = response.status_code
+        if status >= 500:
+            state.failures += 1
+            self._emit(REQUEST_FAILURE, ctx, method, status, clock.now() - start, None)
+            if fallback is not _MISSING and state.fallback_enabled:
+                error = httpx.HTTPStatusError(
+                    f"{status} from service {service!r}", request=response.request, response=response
+                )
+                return await call_fallback(fallback, error, response.request)
+        else:
+            self._emit(REQUEST_SUCCESS, ctx, method, status, clock.now() - start, None)
+        return response
+
+    def _emit(
+        self,
+        name: str,
+        ctx: CallContext,
+        method: str,
+        status: int | None,
+        duration: float,
+        error: BaseException | None,
+    ) -> None:
+        events = self._rt.events
+        if events.wants(name):
+            endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
+            events.emit(
+                name, RequestEvent(ctx.service.name, endpoint, method, status, duration, ctx.attempts, error)
+            )
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        deadline: float | None = None,
+        affinity_key: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[httpx.Response]:
+        """Like ``httpx.AsyncClient.stream``: the body is not read; the endpoint's slot is held until the
+        stream closes. The deadline covers getting the response head, not reading the body."""
+        rt = self._rt
+        http = rt.http if rt.http is not None else await rt.start()
+        state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        ctx.stream = True
+        state.requests += 1
+        async with http.stream(method, url, **kwargs) as response:
+            yield response
+
+    async def get(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", service, path, **kwargs)
+
+    async def post(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", service, path, **kwargs)
+
+    async def put(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PUT", service, path, **kwargs)
+
+    async def patch(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PATCH", service, path, **kwargs)
+
+    async def delete(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", service, path, **kwargs)
+
+    async def head(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("HEAD", service, path, **kwargs)
+
+    async def options(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("OPTIONS", service, path, **kwargs)
+
+    # ------------------------------------------------------------------------ seed-style helpers
+
+    def on(self, name: str, handler: EventHandler) -> Callable[[], None]:
+        """Subscribe to an event (``"request-success"``, ``"request-failure"``,
+        ``"service-mesh:retry:attempt"``, ``"service-mesh:retry:max-reached"``); returns an unsubscriber."""
+        return self._rt.events.on(name, handler)
+
+    def get_liveness(self) -> dict[str, object]:
+        return self._rt.health.liveness()
+
+    def get_readiness(self) -> dict[str, object]:
+        return self._rt.health.readiness()
+
+    def get_startup(self) -> dict[str, object]:
+        return self._rt.health.startup()
+
+    def get_metrics(self) -> dict[str, Any]:
+        """A snapshot: ``load_balancer`` (endpoints per service), ``retry`` and ``requests`` counters."""
+        services = self._rt.registry.services
+        return {
+            "service": self._rt.settings.service_name,
+            "environment": self._rt.settings.environment,
+            "load_balancer": {name: s.balancer.as_dict() for name, s in services.items()},
+            "retry": {
+                name: {"retries": s.retries, "retries_exhausted": s.retries_exhausted}
+                for name, s in services.items()
+            },
+            "requests": {name: {"total": s.requests, "failures": s.failures} for name, s in services.items()},
+        }
+
+
+def _has_request(exc: MeshError) -> bool:
+    try:
+        exc.request  # noqa: B018
+    except RuntimeError:
+        return False
+    return True
+
+
+def create_service_mesh_client(
+    service_name: str, settings: MeshSettings | None = None, **kwargs: Any
+) -> MeshClient:
+    """Seed-style constructor: ``create_service_mesh_client("my-service")`` then ``await c.initialize()``.
+
+    ``settings`` (or ``MESH_*`` variables) supply the rest; ``kwargs`` go to ``MeshClient``.
+    """
+    if settings is None:
+        settings = MeshSettings(service_name=service_name)
+    elif settings.service_name != service_name:
+        settings = settings.model_copy(update={"service_name": service_name})
+    return MeshClient(settings, **kwargs)

@@ -1,0 +1,168 @@
+"""``Mesh``: the FastAPI extension. One object per service gives it the client, probes, metrics, policies.
+
+    mesh = Mesh(MeshSettings(service_name="api-gateway"))   # Mesh() alone reads MESH_* variables
+    app = FastAPI(lifespan=mesh.lifespan)
+    app.include_router(mesh.router)                          # /health/live /health/ready /health/startup /metrics
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .client import MeshClient
+from .clock import Clock
+from .context import InboundContext, current_inbound
+from .discovery import Discovery
+from .events import EventHandler
+from .health.manager import CheckKind, HealthCheckFn, HealthManager
+from .observability.metrics import build_registry
+from .resilience.policy import RoutePolicy
+from .settings import MeshSettings
+
+__all__ = ["Mesh", "get_mesh"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+AppT = TypeVar("AppT")
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+#: Attribute of ``app.state`` that holds the running Mesh.
+STATE_KEY = "fastapi_mesh"
+_MISSING: Any = object()
+
+
+class Mesh:
+    """The extension: ``lifespan``, ``router``, ``policy``, and the ``client`` routes get via ``get_mesh``.
+
+    ``Mesh(settings=None, *, discovery=None, transport=None, clock=None, rng=None)``; the keyword
+    arguments go to the ``MeshClient`` it owns.
+    """
+
+    def __init__(
+        self,
+        settings: MeshSettings | None = None,
+        *,
+        discovery: Discovery | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else MeshSettings()
+        self.client = MeshClient(self.settings, transport=transport, clock=clock, rng=rng, discovery=discovery)
+        self.clock: Clock = self.client._rt.clock
+        self.registry = build_registry(self.client)
+        self.router = self._build_router()
+
+    @property
+    def health(self) -> HealthManager:
+        return self.client.health
+
+    # ------------------------------------------------------------------------------------- lifespan
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        """``FastAPI(lifespan=mesh.lifespan)``. Starts the client (discovery, pool, health checks) and
+        puts this Mesh on ``app.state``; on shutdown readiness turns 503 first, then everything stops.
+        Adds no middleware (Starlette refuses middleware once the app has started)."""
+        state = getattr(app, "state", None)
+        if state is not None:
+            setattr(state, STATE_KEY, self)
+        await self.client.initialize()
+        try:
+            yield
+        finally:
+            self.health.drain()
+            await self.client.aclose()
+
+    def combine_lifespan(self, lifespan: Lifespan) -> Lifespan:
+        """Run ``lifespan`` (the app's own) inside the mesh's: the mesh starts first and stops last.
+
+        ``FastAPI(lifespan=mesh.combine_lifespan(my_lifespan))``; state ``my_lifespan`` yields is kept.
+        """
+
+        @asynccontextmanager
+        async def combined(app: Any) -> AsyncIterator[Any]:
+            async with self.lifespan(app), lifespan(app) as state:
+                yield state
+
+        return combined
+
+    # --------------------------------------------------------------------------------------- routes
+
+    def _build_router(self) -> APIRouter:
+        router = APIRouter(tags=["mesh"])
+        health = self.client.health
+
+        def probe(body: dict[str, object]) -> JSONResponse:
+            return JSONResponse(body, status_code=HealthManager.status_code(body))
+
+        @router.get("/health/live", summary="Liveness probe")
+        async def live() -> JSONResponse:
+            return probe(health.liveness())
+
+        @router.get("/health/ready", summary="Readiness probe")
+        async def ready() -> JSONResponse:
+            return probe(health.readiness())
+
+        @router.get("/health/startup", summary="Startup probe")
+        async def startup() -> JSONResponse:
+            return probe(health.startup())
+
+        registry = self.registry
+
+        @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+        return router
+
+    # ------------------------------------------------------------------------------------- policies
+
+    def policy(
+        self,
+        *,
+        timeout: float | str | None = None,
+        bulkhead: int | None = None,
+        queue: int = 0,
+        fallback: Any = _MISSING,
+    ) -> Callable[[F], F]:
+        """A route policy; goes under ``@app.get(...)``. See ``fastapi_mesh.resilience.policy``."""
+        return RoutePolicy(clock=self.clock, timeout=timeout, bulkhead=bulkhead, queue=queue, fallback=fallback)
+
+    # --------------------------------------------------------------------------------------- extras
+
+    def on(self, name: str, handler: EventHandler) -> Callable[[], None]:
+        """Subscribe to a mesh event; see ``MeshClient.on``."""
+        return self.client.on(name, handler)
+
+    def add_health_check(
+        self, name: str, check: HealthCheckFn, *, kind: CheckKind = "readiness", critical: bool = True
+    ) -> None:
+        """Register a check behind ``/health/live``, ``/health/ready`` or ``/health/startup``."""
+        self.health.add_check(name, check, kind=kind, critical=critical)
+
+
+async def get_mesh(request: Request) -> MeshClient:
+    """FastAPI dependency: the app's ``MeshClient``, as a view carrying this request's caller address,
+    deadline header and trace headers (so ip-hash, affinity, deadlines and trace context work without the
+    middleware)."""
+    mesh: Mesh | None = getattr(request.app.state, STATE_KEY, None)
+    if mesh is None:
+        raise RuntimeError(
+            "no running Mesh for this app: create it with FastAPI(lifespan=mesh.lifespan) "
+            "(or run mesh.lifespan inside your own lifespan)"
+        )
+    inbound = current_inbound()
+    if inbound is None:
+        client = request.scope.get("client")
+        inbound = InboundContext.from_headers(
+            client[0] if client else None, request.scope.get("headers", ()), mesh.clock.now()
+        )
+    return mesh.client._bind(inbound)

@@ -1,0 +1,1 @@
+"""Resilience layers: deadline, retry, attempt; route policies and fallbacks."""

@@ -1,0 +1,57 @@
+"""The attempt layer: per-attempt timeout within the deadline, the deadline header, the body read here."""
+
+from __future__ import annotations
+
+import httpx
+
+from ..clock import Clock
+from ..context import DEADLINE_HEADER, EXTENSION, CallContext
+from ..errors import DeadlineExceeded
+
+__all__ = ["AttemptTransport"]
+
+
+class AttemptTransport(httpx.AsyncBaseTransport):
+    """Layer: one attempt on one endpoint.
+
+    - caps httpx's per-attempt timeouts (the ``timeout`` extension) by the call's remaining deadline, and
+      sends that budget downstream as ``x-mesh-timeout-ms``;
+    - reads a non-streamed body here, inside the stack, into an ``httpx.ByteStream``: a connection that
+      drops mid-body is then this attempt's failure, which retry and the balancer see.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ctx: CallContext = request.extensions[EXTENSION]
+        deadline = ctx.deadline
+        if deadline is not None:
+            remaining = deadline - self._clock.now()
+            if remaining <= 0:
+                raise DeadlineExceeded(ctx.service.name, "no time left for another attempt", request=request)
+            timeouts = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {
+                key: remaining if value is None else min(value, remaining)
+                for key, value in (timeouts or dict.fromkeys(("connect", "read", "write", "pool"))).items()
+            }
+            request.headers[DEADLINE_HEADER] = str(max(1, int(remaining * 1000)))
+        response = await self._inner.handle_async_request(request)
+        if ctx.stream or isinstance(response.stream, httpx.ByteStream):
+            return response
+        stream = response.stream
+        try:
+            body = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
+        finally:
+            await stream.aclose()  # type: ignore[union-attr]
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(body),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

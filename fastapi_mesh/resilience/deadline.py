@@ -1,0 +1,48 @@
+"""The deadline layer: one ``asyncio.timeout_at`` per call, and only when the call has a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from ..clock import Clock
+from ..context import EXTENSION, CallContext
+from ..errors import DeadlineExceeded
+
+__all__ = ["DeadlineTransport"]
+
+
+class DeadlineTransport(httpx.AsyncBaseTransport):
+    """Layer: the whole call (every attempt and every backoff) ends by its deadline or raises
+    ``DeadlineExceeded``. The deadline is the earliest of the route's timeout, the inbound deadline header,
+    the call's ``deadline=`` and ``retry.max_elapsed``; the client works it out before the call starts."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ctx: CallContext = request.extensions[EXTENSION]
+        deadline = ctx.deadline
+        if deadline is None:
+            return await self._inner.handle_async_request(request)
+        remaining = deadline - self._clock.now()
+        if remaining <= 0:
+            raise DeadlineExceeded(ctx.service.name, "the deadline had passed before the call", request=request)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + remaining) as scope:
+                return await self._inner.handle_async_request(request)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise DeadlineExceeded(
+                    ctx.service.name,
+                    f"{remaining * 1000:.0f} ms budget spent after {ctx.attempts} attempt(s)",
+                    endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
+                    request=request,
+                ) from exc
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

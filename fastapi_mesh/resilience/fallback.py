@@ -1,0 +1,83 @@
+"""Fallbacks: what a call or a route answers when the mesh cannot get a real answer.
+
+Per call (``client.get(..., fallback=...)``): a value is wrapped as ``httpx.Response(200, json=value)``
+unless it is already a Response; a callable gets the exception. Per route (``@mesh.policy(fallback=...)``):
+a value, or a sync/async callable taking ``()``, ``(exc)`` or ``(request, exc)``, decided once by arity.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+__all__ = ["RouteFallback", "call_fallback", "is_fallback_error"]
+
+
+def is_fallback_error(exc: BaseException) -> bool:
+    """Errors a fallback answers: any ``MeshError`` (deadlines included), or a 5xx ``HTTPStatusError``."""
+    from ..errors import MeshError
+
+    if isinstance(exc, MeshError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+
+
+async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Request | None) -> httpx.Response:
+    """A per-call fallback's answer, as an ``httpx.Response`` bound to ``request``."""
+    value = fallback(exc) if callable(fallback) else fallback
+    if inspect.isawaitable(value):
+        value = await value
+    if isinstance(value, httpx.Response):
+        return value
+    response = httpx.Response(200, json=value, request=request)
+    response.extensions["mesh_fallback"] = True
+    return response
+
+
+class RouteFallback:
+    """A route's fallback, with how to call it worked out once, at decoration time."""
+
+    __slots__ = ("_arity", "_is_async", "_value")
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self._arity = -1
+        self._is_async = False
+        if callable(value):
+            self._arity = _positional_arity(value)
+            if self._arity > 2:
+                raise TypeError(
+                    "a route fallback takes (), (exc) or (request, exc); "
+                    f"{getattr(value, '__name__', value)!r} takes {self._arity} arguments"
+                )
+            self._is_async = inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
+                getattr(value, "__call__", None)  # noqa: B004
+            )
+
+    async def __call__(self, request: Any, exc: BaseException) -> Any:
+        if self._arity < 0:
+            return self._value
+        fn: Callable[..., Any] = self._value
+        args: tuple[Any, ...] = () if self._arity == 0 else (exc,) if self._arity == 1 else (request, exc)
+        result = fn(*args)
+        if self._is_async or inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _positional_arity(fn: Callable[..., Any]) -> int:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return 1
+    count = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 2
+        positional = parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if positional and parameter.default is inspect.Parameter.empty:
+            count += 1
+    return count

@@ -1,0 +1,218 @@
+"""``@mesh.policy(...)``: a per-route deadline, bulkhead and fallback, under ``@app.get(...)``.
+
+    @app.get("/api/users")
+    @mesh.policy(timeout=2.0, bulkhead=50, fallback=lambda: {"users": []})
+    async def users(client: MeshClient = Depends(get_mesh)): ...
+
+The wrapper is async (a sync handler runs in the threadpool) and keeps the handler's signature, so FastAPI
+still injects its dependencies. ``timeout`` sets the deadline that outbound calls made by the handler inherit
+(capped by an inbound ``x-mesh-timeout-ms``); past it the route answers 504. A ``MeshError`` answers 503 with
+``Retry-After``; a full route bulkhead answers 503 at once (``queue`` defaults to 0). ``fallback`` answers
+instead, for a ``MeshError``, a deadline, or an ``httpx.HTTPStatusError`` of 500 and above; a programming
+error still gives 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..clock import Clock
+from ..context import (
+    InboundContext,
+    current_inbound,
+    reset_route_deadline,
+    set_route_deadline,
+)
+from ..errors import BulkheadFull, DeadlineExceeded, MeshError
+from ..settings import parse_duration
+from .fallback import RouteFallback, is_fallback_error
+
+__all__ = ["RouteBulkhead", "RoutePolicy", "mesh_error_response"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REQUEST_PARAM = "_mesh_request"
+_MISSING: Any = object()
+DEFAULT_RETRY_AFTER = 1.0
+
+
+def mesh_error_response(exc: MeshError) -> Response:
+    """The answer to a ``MeshError`` that reached a route: 504 for a deadline, else 503 + Retry-After."""
+    if isinstance(exc, DeadlineExceeded):
+        return JSONResponse({"detail": str(exc), "error": "deadline_exceeded"}, status_code=504)
+    retry_after = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER
+    return JSONResponse(
+        {"detail": str(exc), "error": _error_name(exc)},
+        status_code=503,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+def _error_name(exc: MeshError) -> str:
+    name = type(exc).__name__
+    return "".join("_" + ch.lower() if ch.isupper() else ch for ch in name).lstrip("_")
+
+
+class RouteBulkhead:
+    """At most ``limit`` concurrent executions of a route, ``queue`` more waiting; the rest are refused."""
+
+    __slots__ = ("active", "limit", "name", "queue", "waiters")
+
+    def __init__(self, name: str, limit: int, queue: int = 0) -> None:
+        if limit < 1:
+            raise ValueError(f"bulkhead must be at least 1, not {limit}")
+        if queue < 0:
+            raise ValueError(f"queue must be 0 or more, not {queue}")
+        self.name = name
+        self.limit = limit
+        self.queue = queue
+        self.active = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self.waiters:
+            self.active += 1
+            return
+        if len(self.waiters) >= self.queue:
+            raise BulkheadFull(self.name, f"{self.limit} running and {len(self.waiters)} queued")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter; ``active`` stays the same
+                return
+        self.active -= 1
+
+
+class RoutePolicy:
+    """The decorator ``mesh.policy(...)`` returns; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        timeout: float | str | None = None,
+        bulkhead: int | None = None,
+        queue: int = 0,
+        fallback: Any = _MISSING,
+    ) -> None:
+        self._clock = clock
+        self.timeout: float | None = None
+        if timeout is not None:
+            value = parse_duration(timeout)
+            if not isinstance(value, float) or not value > 0 or math.isinf(value):
+                raise ValueError(f"policy timeout must be a positive duration, not {timeout!r}")
+            self.timeout = value
+        if bulkhead is None and queue:
+            raise ValueError("policy queue needs a bulkhead")
+        self.bulkhead_limit = bulkhead
+        self.queue = queue
+        self.fallback = RouteFallback(fallback) if fallback is not _MISSING else None
+
+    def __call__(self, handler: F) -> F:
+        name = getattr(handler, "__name__", "route")
+        bulkhead = RouteBulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit else None
+        is_async = inspect.iscoroutinefunction(handler)
+        signature = _signature(handler)
+        request_param = next(
+            (p.name for p in signature.parameters.values() if p.annotation is Request), None
+        )
+        if request_param is None:
+            injected = inspect.Parameter(_REQUEST_PARAM, inspect.Parameter.KEYWORD_ONLY, annotation=Request)
+            params = list(signature.parameters.values())
+            at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+            params.insert(at, injected)
+            signature = signature.replace(parameters=params)
+        policy = self
+
+        @functools.wraps(handler)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request_param is None:
+                request: Request | None = kwargs.pop(_REQUEST_PARAM, None)
+            else:
+                request = kwargs.get(request_param)
+            try:
+                if bulkhead is not None:
+                    await bulkhead.acquire()
+                try:
+                    return await policy._run(handler, is_async, request, args, kwargs)
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
+            except Exception as exc:
+                if policy.fallback is not None and is_fallback_error(exc):
+                    return await policy.fallback(request, exc)
+                if isinstance(exc, MeshError):
+                    return mesh_error_response(exc)
+                raise
+
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        wrapper.__mesh_policy__ = self  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    def _deadline(self, request: Request | None) -> float | None:
+        now = self._clock.now()
+        inbound = current_inbound()
+        if inbound is None and request is not None:
+            inbound = InboundContext.from_headers(None, request.scope.get("headers", ()), now)
+        deadline = inbound.deadline if inbound is not None else None
+        if self.timeout is not None and (deadline is None or now + self.timeout < deadline):
+            deadline = now + self.timeout
+        return deadline
+
+    async def _run(
+        self,
+        handler: Callable[..., Any],
+        is_async: bool,
+        request: Request | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        deadline = self._deadline(request)
+        if deadline is None:
+            if is_async:
+                return await handler(*args, **kwargs)
+            return await run_in_threadpool(handler, *args, **kwargs)
+        token = set_route_deadline(deadline)
+        remaining = deadline - self._clock.now()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)) as scope:
+                if is_async:
+                    return await handler(*args, **kwargs)
+                return await run_in_threadpool(handler, *args, **kwargs)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise DeadlineExceeded(
+                    getattr(handler, "__name__", "route"), f"route timeout of {remaining:.3f}s passed"
+                ) from exc
+            raise
+        finally:
+            reset_route_deadline(token)
+
+
+def _signature(handler: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(handler, eval_str=True)
+    except (NameError, TypeError):
+        return inspect.signature(handler)

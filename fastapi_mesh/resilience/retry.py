@@ -1,0 +1,126 @@
+"""The retry layer: backoff, idempotency rules, Retry-After, a new endpoint each time.
+
+This is also the one place where transport failures become ``MeshError``s: when no attempt got a response,
+``UpstreamUnavailable`` rises with the last httpx error as its ``__cause__``; when an attempt got an answer
+(even a 503) and retries run out, that answer is returned, as httpx would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+
+from ..clock import Clock
+from ..context import EXTENSION, CallContext
+from ..errors import MeshError, UpstreamUnavailable
+from ..events import RETRY_ATTEMPT, RETRY_MAX_REACHED, EventBus, RetryEvent
+from .backoff import backoff_delay, parse_retry_after
+
+__all__ = ["IDEMPOTENT_METHODS", "RetryTransport"]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENCY_HEADER = "idempotency-key"
+#: Failures after which the request provably never reached the upstream: safe to retry any method.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class RetryTransport(httpx.AsyncBaseTransport):
+    """Layer: up to ``1 + retry.max_retries`` attempts, each re-picking an endpoint below.
+
+    Idempotent methods (and requests with an ``Idempotency-Key``) are retried on transport failures and on
+    ``retry.retry_on_status``; any other method only when the request never left (connect failures). A
+    body that is not buffered (a streaming upload) is never retried. No retry starts past the deadline.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, *, clock: Clock, rng: random.Random, events: EventBus
+    ) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._rng = rng
+        self._events = events
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ctx: CallContext = request.extensions[EXTENSION]
+        service = ctx.service
+        config = service.policy.retry
+        max_attempts = 1 + config.max_retries
+        idempotent = request.method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        delay = 0.0
+        while True:
+            ctx.attempts += 1
+            attempt = ctx.attempts
+            try:
+                response = await self._inner.handle_async_request(request)
+            except MeshError:
+                raise
+            except httpx.TransportError as exc:
+                safe = replayable and (idempotent or isinstance(exc, NOT_SENT))
+                if safe and attempt < max_attempts:
+                    delay = backoff_delay(config, attempt, self._rng, delay)
+                    if self._fits(ctx, delay):
+                        await self._pause(ctx, request.method, attempt, delay, type(exc).__name__)
+                        continue
+                self._exhausted(ctx, request.method, attempt, type(exc).__name__, safe)
+                endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
+                raise UpstreamUnavailable(
+                    service.name,
+                    f"{type(exc).__name__} after {attempt} attempt(s): {exc}".rstrip(": "),
+                    endpoint=endpoint,
+                    request=request,
+                ) from exc
+            status = response.status_code
+            if status not in service.retry_statuses:
+                return response
+            safe = replayable and idempotent
+            if not safe or attempt >= max_attempts:
+                self._exhausted(ctx, request.method, attempt, f"status {status}", safe)
+                return response
+            delay = backoff_delay(config, attempt, self._rng, delay)
+            if status in RETRY_AFTER_STATUSES:
+                hinted = parse_retry_after(response.headers.get("retry-after"), time.time())
+                if hinted is not None:
+                    delay = min(max(delay, hinted), config.max_delay)
+            if not self._fits(ctx, delay):
+                self._exhausted(ctx, request.method, attempt, f"status {status}", safe)
+                return response
+            await response.aclose()
+            await self._pause(ctx, request.method, attempt, delay, f"status {status}")
+
+    def _fits(self, ctx: CallContext, delay: float) -> bool:
+        """Whether a retry after ``delay`` could still start before the call's deadline."""
+        return ctx.deadline is None or self._clock.now() + delay < ctx.deadline
+
+    async def _pause(self, ctx: CallContext, method: str, attempt: int, delay: float, reason: str) -> None:
+        ctx.service.retries += 1
+        if self._events.wants(RETRY_ATTEMPT):
+            self._events.emit(
+                RETRY_ATTEMPT,
+                RetryEvent(ctx.service.name, method, attempt + 1, delay, reason, _context(ctx, method)),
+            )
+        if delay > 0:
+            await self._clock.sleep(delay)
+        else:
+            await asyncio.sleep(0)
+
+    def _exhausted(self, ctx: CallContext, method: str, attempt: int, reason: str, retryable: bool) -> None:
+        if not retryable or attempt < 2:
+            return
+        ctx.service.retries_exhausted += 1
+        if self._events.wants(RETRY_MAX_REACHED):
+            self._events.emit(
+                RETRY_MAX_REACHED,
+                RetryEvent(ctx.service.name, method, attempt, 0.0, reason, _context(ctx, method)),
+            )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _context(ctx: CallContext, method: str) -> str:
+    return f"{method} {ctx.service.name}"

@@ -1,0 +1,523 @@
+"""Settings: one validated model for the whole mesh, read from code or from ``MESH_*`` variables.
+
+Effective policy for an upstream = built-in defaults <- environment preset <- global settings <-
+``services[name]``. Preset values show on the settings object wherever nothing overrides them::
+
+    >>> MeshSettings(environment="production").circuit_breaker.failure_threshold
+    20
+    >>> MeshSettings(services={"pay": {"retry": {"max_retries": 0}}}).for_service("pay").retry.max_retries
+    0
+
+Durations are float seconds and also accept ``"500ms"``, ``"3s"``, ``"2m"``, ``"1h"``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "CircuitBreakerConfig",
+    "DiscoveryConfig",
+    "EndpointConfig",
+    "HealthCheckConfig",
+    "LoadBalancerConfig",
+    "MeshSettings",
+    "MtlsConfig",
+    "RetryConfig",
+    "ServicePolicy",
+    "get_service_config",
+    "parse_duration",
+]
+
+ENV_PREFIX = "MESH_"
+ENV_NESTED_DELIMITER = "__"
+
+Environment = Literal["development", "staging", "production"]
+DiscoveryBackend = Literal["static", "consul", "kubernetes-dns", "kubernetes", "custom"]
+Strategy = Literal[
+    "round-robin", "random", "weighted", "least-connections", "least-response-time", "ip-hash", "p2c-ewma"
+]
+BackoffStrategy = Literal["exponential", "fibonacci", "linear", "fixed", "decorrelated-jitter"]
+Jitter = Literal["none", "full", "equal"]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Turn ``"500ms"``, ``"3s"``, ``"2m"``, ``"1h"`` or a number into float seconds.
+
+    >>> parse_duration("500ms"), parse_duration("2m"), parse_duration(3)
+    (0.5, 120.0, 3.0)
+
+    Anything else is handed on unchanged for pydantic to reject with its own message.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise PydanticCustomError(
+                "duration",
+                "not a duration: {value} (use seconds, or a number with ms, s, m or h, e.g. '500ms')",
+                {"value": repr(value)},
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
+NonNegativeDuration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+DEFAULT_REFRESH_INTERVAL = 30.0
+DEFAULT_CONSUL_URL = "http://127.0.0.1:8500"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_CLUSTER_DOMAIN = "svc.cluster.local"
+
+
+class EndpointConfig(_Section):
+    """One upstream replica: ``{"url": "http://10.0.0.2:8080", "weight": 3, "metadata": {...}, "zone": "a"}``."""
+
+    url: str
+    weight: int = Field(default=1, ge=0, le=10_000)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    zone: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return check_endpoint_url(value)
+
+
+def check_endpoint_url(value: str) -> str:
+    """Validate an endpoint URL: ``http``/``https``, a host, an optional port, no path beyond ``/``."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"malformed endpoint URL {value!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"malformed endpoint URL {value!r}: the scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"malformed endpoint URL {value!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"malformed endpoint URL {value!r}: give only scheme://host[:port]")
+    if port == 0:
+        raise ValueError(f"malformed endpoint URL {value!r}: port 0")
+    host = parts.hostname
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"malformed endpoint URL {value!r}: bad IPv6 address") from None
+    return value.rstrip("/")
+
+
+def _coerce_endpoint(value: Any) -> Any:
+    return {"url": value} if isinstance(value, str) else value
+
+
+class DiscoveryConfig(_Section):
+    """Where endpoints come from. ``static`` reads ``endpoints``; the others are separate backends."""
+
+    backend: DiscoveryBackend = "static"
+    endpoints: dict[str, list[Annotated[EndpointConfig, BeforeValidator(_coerce_endpoint)]]] = Field(
+        default_factory=dict
+    )
+    consul_url: str = DEFAULT_CONSUL_URL
+    namespace: str = DEFAULT_NAMESPACE
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    refresh_interval: PositiveDuration = DEFAULT_REFRESH_INTERVAL
+
+
+# --------------------------------------------------------------------------------------------- balancing
+
+DEFAULT_STRATEGY: Strategy = "round-robin"
+DEFAULT_MAX_CONNECTIONS_PER_INSTANCE = 100
+
+
+class LoadBalancerConfig(_Section):
+    """How one endpoint is picked per attempt, and how many calls one endpoint may carry at once."""
+
+    strategy: Strategy = DEFAULT_STRATEGY
+    session_affinity: bool = False
+    max_connections_per_instance: int = Field(default=DEFAULT_MAX_CONNECTIONS_PER_INSTANCE, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------- breaker
+
+DEFAULT_FAILURE_THRESHOLD = 5
+DEFAULT_FAILURE_THRESHOLD_PERCENTAGE = 50.0
+DEFAULT_ATTEMPT_TIMEOUT = 10.0
+DEFAULT_RESET_TIMEOUT = 30.0
+
+
+class CircuitBreakerConfig(_Section):
+    """Per-service breaker. ``timeout`` is the per-attempt timeout (connect, read, write and pool)."""
+
+    failure_threshold: int = Field(default=DEFAULT_FAILURE_THRESHOLD, ge=1)
+    failure_threshold_percentage: float = Field(default=DEFAULT_FAILURE_THRESHOLD_PERCENTAGE, gt=0, le=100)
+    timeout: PositiveDuration = DEFAULT_ATTEMPT_TIMEOUT
+    reset_timeout: PositiveDuration = DEFAULT_RESET_TIMEOUT
+    fallback_enabled: bool = True
+
+
+# ------------------------------------------------------------------------------------------------ retry
+
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_INITIAL_DELAY = 0.1
+DEFAULT_MAX_DELAY = 2.0
+DEFAULT_RETRY_ON_STATUS = (502, 503, 504)
+
+
+class RetryConfig(_Section):
+    """Retries of one call: how many, how far apart; ``max_elapsed`` is the default overall deadline."""
+
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=100)
+    initial_delay: NonNegativeDuration = DEFAULT_INITIAL_DELAY
+    max_delay: PositiveDuration = DEFAULT_MAX_DELAY
+    backoff_strategy: BackoffStrategy = "exponential"
+    jitter: Jitter = "full"
+    max_elapsed: PositiveDuration | None = None
+    retry_on_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_ON_STATUS)
+    )
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> RetryConfig:
+        if self.initial_delay > self.max_delay:
+            raise ValueError(
+                f"initial_delay ({self.initial_delay}s) is larger than max_delay ({self.max_delay}s)"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- health
+
+DEFAULT_LIVENESS_INTERVAL = 10.0
+DEFAULT_READINESS_INTERVAL = 5.0
+DEFAULT_HEALTH_FAILURE_THRESHOLD = 3
+DEFAULT_CHECK_TIMEOUT = 2.0
+
+
+class HealthCheckConfig(_Section):
+    """How often registered checks run, and how many failures in a row make a probe fail."""
+
+    liveness_interval: PositiveDuration = DEFAULT_LIVENESS_INTERVAL
+    readiness_interval: PositiveDuration = DEFAULT_READINESS_INTERVAL
+    failure_threshold: int = Field(default=DEFAULT_HEALTH_FAILURE_THRESHOLD, ge=1)
+    check_timeout: PositiveDuration = DEFAULT_CHECK_TIMEOUT
+
+
+# ------------------------------------------------------------------------------------------------- mtls
+
+
+class MtlsConfig(_Section):
+    """Client certificate and CA for outbound calls to ``https`` endpoints."""
+
+    enabled: bool = False
+    cert_path: str | None = None
+    key_path: str | None = None
+    ca_path: str | None = None
+
+    @model_validator(mode="after")
+    def _paths_when_enabled(self) -> MtlsConfig:
+        if self.enabled:
+            missing = [n for n in ("cert_path", "key_path", "ca_path") if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"mtls is enabled but {', '.join(missing)} not set")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+#: Values each environment preset puts under the global settings. Development answers fast and forgives;
+#: staging is in between; production carries the seed's values.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "development": {
+        "discovery": {"refresh_interval": 5.0},
+        "load_balancer": {
+            "strategy": "round-robin",
+            "session_affinity": False,
+            "max_connections_per_instance": 100,
+        },
+        "circuit_breaker": {
+            "failure_threshold": 5,
+            "failure_threshold_percentage": 50.0,
+            "timeout": 10.0,
+            "reset_timeout": 10.0,
+            "fallback_enabled": True,
+        },
+        "retry": {"max_retries": 2, "initial_delay": 0.1, "max_delay": 1.0, "backoff_strategy": "exponential"},
+        "health_check": {"liveness_interval": 10.0, "readiness_interval": 5.0, "failure_threshold": 3},
+    },
+    "staging": {
+        "discovery": {"refresh_interval": 10.0},
+        "load_balancer": {
+            "strategy": "least-response-time",
+            "session_affinity": True,
+            "max_connections_per_instance": 200,
+        },
+        "circuit_breaker": {
+            "failure_threshold": 10,
+            "failure_threshold_percentage": 40.0,
+            "timeout": 5.0,
+            "reset_timeout": 60.0,
+            "fallback_enabled": True,
+        },
+        "retry": {"max_retries": 3, "initial_delay": 0.2, "max_delay": 5.0, "backoff_strategy": "exponential"},
+        "health_check": {"liveness_interval": 5.0, "readiness_interval": 3.0, "failure_threshold": 3},
+    },
+    "production": {
+        "discovery": {"refresh_interval": 15.0},
+        "load_balancer": {
+            "strategy": "least-response-time",
+            "session_affinity": True,
+            "max_connections_per_instance": 500,
+        },
+        "circuit_breaker": {
+            "failure_threshold": 20,
+            "failure_threshold_percentage": 30.0,
+            "timeout": 3.0,
+            "reset_timeout": 120.0,
+            "fallback_enabled": True,
+        },
+        "retry": {"max_retries": 10, "initial_delay": 0.5, "max_delay": 30.0, "backoff_strategy": "fibonacci"},
+        "health_check": {"liveness_interval": 5.0, "readiness_interval": 3.0, "failure_threshold": 5},
+    },
+}
+
+#: The sections a ``services[name]`` entry may override, with their models.
+POLICY_SECTIONS: dict[str, type[_Section]] = {
+    "load_balancer": LoadBalancerConfig,
+    "circuit_breaker": CircuitBreakerConfig,
+    "retry": RetryConfig,
+}
+
+
+def _partial(model: type[_Section]) -> type[BaseModel]:
+    """The same section with every field optional: what a per-service override may give."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[name] = (annotation | None, None)
+    return create_model(
+        f"Partial{model.__name__}", __config__=ConfigDict(extra="forbid", frozen=True), **fields
+    )
+
+
+_PARTIALS = {name: _partial(model) for name, model in POLICY_SECTIONS.items()}
+
+
+if TYPE_CHECKING:
+
+    class ServiceOverride(_Section):
+        """Partial overrides for one upstream: ``{"retry": {"max_retries": 0}}``. Merged over the globals."""
+
+        load_balancer: BaseModel | None
+        circuit_breaker: BaseModel | None
+        retry: BaseModel | None
+
+else:
+    ServiceOverride = create_model(
+        "ServiceOverride",
+        __base__=_Section,
+        __doc__='Partial overrides for one upstream: ``{"retry": {"max_retries": 0}}``. Merged over the globals.',
+        **{name: (partial | None, None) for name, partial in _PARTIALS.items()},
+    )
+
+
+class ServicePolicy(_Section):
+    """The effective policy for one upstream service (what ``for_service`` returns)."""
+
+    service: str
+    load_balancer: LoadBalancerConfig
+    circuit_breaker: CircuitBreakerConfig
+    retry: RetryConfig
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class MeshSettings(BaseSettings):
+    """All of the mesh's settings. ``MeshSettings()`` reads ``MESH_*`` variables (nested with ``__``).
+
+    >>> s = MeshSettings(service_name="api-gateway", environment="production",
+    ...                  discovery={"endpoints": {"user-service": ["http://10.0.0.1:8080"]}})
+    >>> s.retry.backoff_strategy, s.discovery.endpoints["user-service"][0].url
+    ('fibonacci', 'http://10.0.0.1:8080')
+
+    A bad value fails here, naming the field, and the ``MESH_...`` variable when one set it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    service_name: str = Field(default="app", min_length=1)
+    environment: Environment = "development"
+    zone: str | None = None
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    load_balancer: LoadBalancerConfig = Field(default_factory=LoadBalancerConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+    mtls: MtlsConfig = Field(default_factory=MtlsConfig)
+    services: dict[str, ServiceOverride] = Field(default_factory=dict)
+
+    _policies: dict[str, ServicePolicy] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        _reject_unknown_env()
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _with_env_names(exc) from None
+        for name in self.services:
+            self.for_service(name)  # surface merge errors (e.g. delays out of order) at start-up
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        environment = data.get("environment", "development")
+        preset = PRESETS.get(environment) if isinstance(environment, str) else None
+        if preset is None:
+            return data  # the Literal check reports the bad environment
+        merged = dict(data)
+        for section, values in preset.items():
+            given = data.get(section)
+            if given is None:
+                merged[section] = dict(values)
+            elif isinstance(given, Mapping):
+                merged[section] = _deep_merge(values, given)
+            elif isinstance(given, BaseModel):
+                merged[section] = _deep_merge(values, given.model_dump(exclude_unset=True))
+        return merged
+
+    def for_service(self, name: str) -> ServicePolicy:
+        """The effective policy for upstream ``name``: globals with ``services[name]`` merged over them."""
+        policy = self._policies.get(name)
+        if policy is not None:
+            return policy
+        override = self.services.get(name)
+        sections: dict[str, Any] = {}
+        for section in POLICY_SECTIONS:
+            base: BaseModel = getattr(self, section)
+            partial = getattr(override, section, None) if override is not None else None
+            if partial is None:
+                sections[section] = base
+                continue
+            data = _deep_merge(base.model_dump(), partial.model_dump(exclude_none=True))
+            try:
+                sections[section] = POLICY_SECTIONS[section].model_validate(data)
+            except ValidationError as exc:
+                raise _relocate(exc, ("services", name, section)) from None
+        policy = ServicePolicy(service=name, **sections)
+        self._policies[name] = policy
+        return policy
+
+
+def get_service_config(name: str, settings: MeshSettings | None = None) -> ServicePolicy:
+    """Seed-style: the effective policy for ``name`` (``settings`` defaults to ``MeshSettings()``).
+
+    >>> get_service_config("payment-service").retry.max_retries >= 0
+    True
+    """
+    return (settings if settings is not None else MeshSettings()).for_service(name)
+
+
+# ---------------------------------------------------------------------------------------- error naming
+
+
+def _env_name(loc: tuple[Any, ...]) -> str | None:
+    """The ``MESH_...`` variable that set the value at ``loc``, if one did."""
+    environ = {k.upper(): k for k in os.environ}
+    for end in range(len(loc), 0, -1):
+        candidate = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in loc[:end]).upper()
+        if candidate in environ:
+            return environ[candidate]
+    return None
+
+
+def _with_env_names(exc: ValidationError) -> ValidationError:
+    details: list[InitErrorDetails] = []
+    for err in exc.errors():
+        message = err["msg"]
+        env = _env_name(err["loc"])
+        if env is not None:
+            message = f"{message} (set by {env}={os.environ[env]!r})"
+        details.append(_detail(err, message, err["loc"]))
+    return ValidationError.from_exception_data(exc.title, details)
+
+
+def _relocate(exc: ValidationError, prefix: tuple[str, ...]) -> ValidationError:
+    details = [_detail(err, err["msg"], (*prefix, *err["loc"])) for err in exc.errors()]
+    return ValidationError.from_exception_data("MeshSettings", details)
+
+
+def _detail(err: Any, message: str, loc: tuple[Any, ...]) -> InitErrorDetails:
+    escaped = message.replace("{", "{{").replace("}", "}}")
+    return InitErrorDetails(
+        type=PydanticCustomError(err["type"], escaped),
+        loc=loc,
+        input=err.get("input"),
+    )
+
+
+def _reject_unknown_env() -> None:
+    """A ``MESH_`` variable that names no setting is a typo; say so instead of ignoring it."""
+    known = {name.upper() for name in MeshSettings.model_fields}
+    for key in os.environ:
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        head = upper[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER, 1)[0]
+        if head not in known:
+            raise ValueError(
+                f"unknown setting in environment variable {key}: {head.lower()!r} is not one of "
+                f"{', '.join(sorted(n.lower() for n in known))}"
+            )
+

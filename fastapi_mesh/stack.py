@@ -1,0 +1,65 @@
+"""The outbound layer stack, written down once. Each layer is an ``httpx.AsyncBaseTransport`` wrapping
+the next::
+
+    deadline         the call's overall deadline (one asyncio.timeout_at, only when there is one)
+    └─ retry         backoff, idempotency rules, Retry-After; transport failures -> MeshError
+       └─ balancer   picks an endpoint per attempt; in-flight counts; latency and failures per endpoint
+          └─ attempt per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
+             └─ connection pool   httpx.AsyncHTTPTransport (TLS / mTLS context), or ``transport=``
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+
+import httpx
+
+from .balancing.transport import BalancerTransport
+from .clock import Clock
+from .events import EventBus
+from .resilience.attempt import AttemptTransport
+from .resilience.deadline import DeadlineTransport
+from .resilience.retry import RetryTransport
+from .settings import MeshSettings
+
+__all__ = ["build_connection_pool", "build_stack"]
+
+#: Idle connections kept per pool; the per-endpoint limit is enforced by the balancer, not by httpx.
+KEEPALIVE_CONNECTIONS = 100
+KEEPALIVE_EXPIRY = 30.0
+
+
+def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
+    """The TLS context for ``https`` endpoints: the mesh CA and client certificate when mTLS is on."""
+    mtls = settings.mtls
+    if not mtls.enabled:
+        return True
+    context = ssl.create_default_context(cafile=mtls.ca_path)
+    assert mtls.cert_path is not None
+    context.load_cert_chain(mtls.cert_path, mtls.key_path)
+    return context
+
+
+def build_connection_pool(settings: MeshSettings) -> httpx.AsyncBaseTransport:
+    """The innermost layer: pooled keep-alive connections, no pool-wide connection cap."""
+    return httpx.AsyncHTTPTransport(
+        verify=build_ssl_context(settings),
+        limits=httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        ),
+        trust_env=False,
+    )
+
+
+def build_stack(
+    pool: httpx.AsyncBaseTransport, *, clock: Clock, rng: random.Random, events: EventBus
+) -> httpx.AsyncBaseTransport:
+    """Wrap ``pool`` in the mesh's layers, innermost first."""
+    layer: httpx.AsyncBaseTransport = AttemptTransport(pool, clock=clock)
+    layer = BalancerTransport(layer, clock=clock)
+    layer = RetryTransport(layer, clock=clock, rng=rng, events=events)
+    layer = DeadlineTransport(layer, clock=clock)
+    return layer
