@@ -35,6 +35,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "BulkheadConfig",
     "CircuitBreakerConfig",
     "DiscoveryConfig",
     "EndpointConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "LoadBalancerConfig",
     "MeshSettings",
     "MtlsConfig",
+    "OutlierDetectionConfig",
     "RetryConfig",
     "ServicePolicy",
     "get_service_config",
@@ -178,6 +180,10 @@ DEFAULT_FAILURE_THRESHOLD = 5
 DEFAULT_FAILURE_THRESHOLD_PERCENTAGE = 50.0
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
 DEFAULT_RESET_TIMEOUT = 30.0
+DEFAULT_SLIDING_WINDOW_SIZE = 100
+DEFAULT_HALF_OPEN_MAX_CALLS = 1
+DEFAULT_MAX_RESET_TIMEOUT = 300.0
+DEFAULT_QUEUE_TIMEOUT = 1.0
 
 
 class CircuitBreakerConfig(_Section):
@@ -188,6 +194,70 @@ class CircuitBreakerConfig(_Section):
     timeout: PositiveDuration = DEFAULT_ATTEMPT_TIMEOUT
     reset_timeout: PositiveDuration = DEFAULT_RESET_TIMEOUT
     fallback_enabled: bool = True
+    enabled: bool = True
+    sliding_window_type: Literal["count", "time"] = "count"
+    #: The last N calls (``count``) or the last N seconds (``time``).
+    sliding_window_size: int = Field(default=DEFAULT_SLIDING_WINDOW_SIZE, ge=1, le=100_000)
+    slow_call_duration: PositiveDuration | None = None
+    slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
+    half_open_max_calls: int = Field(default=DEFAULT_HALF_OPEN_MAX_CALLS, ge=1, le=1000)
+    #: Each consecutive trip multiplies the open period by this, up to ``max_reset_timeout``.
+    reset_timeout_multiplier: float = Field(default=1.0, ge=1.0, le=100.0)
+    max_reset_timeout: PositiveDuration = DEFAULT_MAX_RESET_TIMEOUT
+    failure_on_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: list(range(500, 600))
+    )
+
+    @model_validator(mode="after")
+    def _reset_ordered(self) -> CircuitBreakerConfig:
+        if self.sliding_window_type == "count" and self.failure_threshold > self.sliding_window_size:
+            raise ValueError(
+                f"failure_threshold ({self.failure_threshold}) is larger than the count window "
+                f"sliding_window_size ({self.sliding_window_size}): the breaker could never open"
+            )
+        if self.max_reset_timeout < self.reset_timeout:
+            raise ValueError(
+                f"max_reset_timeout ({self.max_reset_timeout}s) is smaller than reset_timeout "
+                f"({self.reset_timeout}s)"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------ outlier detection
+
+DEFAULT_CONSECUTIVE_FAILURES = 5
+DEFAULT_BASE_EJECTION_TIME = 30.0
+DEFAULT_MAX_EJECTION_TIME = 300.0
+
+
+class OutlierDetectionConfig(_Section):
+    """Per-endpoint ejection, as Envoy: N failures in a row eject an endpoint for a growing time."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=DEFAULT_CONSECUTIVE_FAILURES, ge=1)
+    base_ejection_time: PositiveDuration = DEFAULT_BASE_EJECTION_TIME
+    max_ejection_time: PositiveDuration = DEFAULT_MAX_EJECTION_TIME
+    max_ejection_percent: float = Field(default=100.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _ejection_ordered(self) -> OutlierDetectionConfig:
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ValueError(
+                f"max_ejection_time ({self.max_ejection_time}s) is smaller than base_ejection_time "
+                f"({self.base_ejection_time}s)"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------- bulkhead
+
+
+class BulkheadConfig(_Section):
+    """Per upstream service: at most ``max_concurrent`` calls at once (None: no limit), ``max_queue`` waiting."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    max_queue: int = Field(default=0, ge=0)
+    queue_timeout: PositiveDuration = DEFAULT_QUEUE_TIMEOUT
 
 
 # ------------------------------------------------------------------------------------------------ retry
@@ -196,6 +266,10 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_INITIAL_DELAY = 0.1
 DEFAULT_MAX_DELAY = 2.0
 DEFAULT_RETRY_ON_STATUS = (502, 503, 504)
+DEFAULT_BUDGET_PERCENT = 20.0
+DEFAULT_BUDGET_TTL = 10.0
+DEFAULT_MIN_RETRIES_PER_SECOND = 10.0
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class RetryConfig(_Section):
@@ -210,6 +284,15 @@ class RetryConfig(_Section):
     retry_on_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_ON_STATUS)
     )
+    #: Retry budget: retries may add at most this share of the requests of the last ``budget_ttl`` ...
+    budget_percent: float = Field(default=DEFAULT_BUDGET_PERCENT, ge=0, le=1000)
+    budget_ttl: PositiveDuration = DEFAULT_BUDGET_TTL
+    #: ... plus this many retries per second, so a quiet service can still retry.
+    min_retries_per_second: float = Field(default=DEFAULT_MIN_RETRIES_PER_SECOND, ge=0)
+    #: Request bodies up to this size are kept so they can be sent again; larger ones are not retried.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0)
+    #: Hedging for idempotent calls: a second attempt after this delay (seconds, or "p95"); None: off.
+    hedge_delay: PositiveDuration | Literal["p95"] | None = None
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> RetryConfig:
@@ -320,6 +403,8 @@ POLICY_SECTIONS: dict[str, type[_Section]] = {
     "load_balancer": LoadBalancerConfig,
     "circuit_breaker": CircuitBreakerConfig,
     "retry": RetryConfig,
+    "outlier_detection": OutlierDetectionConfig,
+    "bulkhead": BulkheadConfig,
 }
 
 
@@ -347,6 +432,8 @@ if TYPE_CHECKING:
         load_balancer: BaseModel | None
         circuit_breaker: BaseModel | None
         retry: BaseModel | None
+        outlier_detection: BaseModel | None
+        bulkhead: BaseModel | None
 
 else:
     ServiceOverride = create_model(
@@ -364,6 +451,8 @@ class ServicePolicy(_Section):
     load_balancer: LoadBalancerConfig
     circuit_breaker: CircuitBreakerConfig
     retry: RetryConfig
+    outlier_detection: OutlierDetectionConfig
+    bulkhead: BulkheadConfig
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -402,6 +491,8 @@ class MeshSettings(BaseSettings):
     load_balancer: LoadBalancerConfig = Field(default_factory=LoadBalancerConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    outlier_detection: OutlierDetectionConfig = Field(default_factory=OutlierDetectionConfig)
+    bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     mtls: MtlsConfig = Field(default_factory=MtlsConfig)
     services: dict[str, ServiceOverride] = Field(default_factory=dict)
