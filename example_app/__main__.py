@@ -68,18 +68,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def replica_specs(flaky: float, seed: int) -> list[ReplicaSpec]:
-    """The demo topology: which replicas to run."""
-    specs = [
-        ReplicaSpec("user-service", f"user-service-{i}", seed=seed + i) for i in range(1, USER_REPLICAS + 1)
-    ]
-    specs += [
-        ReplicaSpec("order-service", f"order-service-{i}", seed=seed + 100 + i)
-        for i in range(1, ORDER_REPLICAS + 1)
-    ]
-    return [
-        ReplicaSpec(s.service, s.name, flaky=flaky, seed=s.seed) if s.name == FLAKY_REPLICA else s
-        for s in specs
-    ]
+    """The demo topology; only :data:`FLAKY_REPLICA` gets ``flaky``, each replica its own seed."""
+    specs: list[ReplicaSpec] = []
+    for service, count in (("user-service", USER_REPLICAS), ("order-service", ORDER_REPLICAS)):
+        for index in range(1, count + 1):
+            name = f"{service}-{index}"
+            fraction = flaky if name == FLAKY_REPLICA else 0.0
+            specs.append(ReplicaSpec(service, name, flaky=fraction, seed=seed + len(specs)))
+    return specs
 
 
 def _print_banner(fleet: Fleet, port: int) -> None:

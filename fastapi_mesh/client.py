@@ -23,13 +23,12 @@ from .errors import MeshError
 from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
 from .health.manager import HealthManager
 from .registry import ServiceRegistry, ServiceState
-from .resilience.fallback import call_fallback
+from .resilience.fallback import MISSING, call_fallback
 from .settings import MeshSettings
 from .stack import build_connection_pool, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
-_MISSING: Any = object()
 
 
 class _Runtime:
@@ -210,7 +209,7 @@ class MeshClient:
         path: str,
         *,
         deadline: float | None = None,
-        fallback: Any = _MISSING,
+        fallback: Any = MISSING,
         affinity_key: str | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
@@ -229,14 +228,14 @@ class MeshClient:
         except MeshError as exc:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, None, clock.now() - start, exc)
-            if fallback is not _MISSING and state.fallback_enabled:
+            if fallback is not MISSING and state.fallback_enabled:
                 return await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
             raise
         status = response.status_code
         if status >= 500:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, status, clock.now() - start, None)
-            if fallback is not _MISSING and state.fallback_enabled:
+            if fallback is not MISSING and state.fallback_enabled:
                 error = httpx.HTTPStatusError(
                     f"{status} from service {service!r}", request=response.request, response=response
                 )

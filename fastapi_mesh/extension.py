@@ -24,6 +24,7 @@ from .discovery import Discovery
 from .events import EventHandler
 from .health.manager import CheckKind, HealthCheckFn, HealthManager
 from .observability.metrics import build_registry
+from .resilience.fallback import MISSING
 from .resilience.policy import RoutePolicy
 from .settings import MeshSettings
 
@@ -35,7 +36,6 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 #: Attribute of ``app.state`` that holds the running Mesh.
 STATE_KEY = "fastapi_mesh"
-_MISSING: Any = object()
 
 
 class Mesh:
@@ -131,7 +131,7 @@ class Mesh:
         timeout: float | str | None = None,
         bulkhead: int | None = None,
         queue: int = 0,
-        fallback: Any = _MISSING,
+        fallback: Any = MISSING,
     ) -> Callable[[F], F]:
         """A route policy; goes under ``@app.get(...)``. See ``fastapi_mesh.resilience.policy``."""
         return RoutePolicy(clock=self.clock, timeout=timeout, bulkhead=bulkhead, queue=queue, fallback=fallback)

@@ -39,8 +39,9 @@ class RoundRobin:
         self._next = 0
 
     def choose(self, candidates: Sequence[EndpointState], key: str | None) -> EndpointState:
+        # A counter that only grows: a retry's shorter candidate list must not reset the rotation.
         index = self._next % len(candidates)
-        self._next = index + 1
+        self._next += 1
         return candidates[index]
 
 

@@ -13,7 +13,10 @@ from typing import Any
 
 import httpx
 
-__all__ = ["RouteFallback", "call_fallback", "is_fallback_error"]
+__all__ = ["MISSING", "RouteFallback", "call_fallback", "is_fallback_error"]
+
+#: "No fallback given" (``None`` is a valid fallback value: it answers ``null``).
+MISSING: Any = object()
 
 
 def is_fallback_error(exc: BaseException) -> bool:

@@ -35,14 +35,13 @@ from ..context import (
 )
 from ..errors import BulkheadFull, DeadlineExceeded, MeshError
 from ..settings import parse_duration
-from .fallback import RouteFallback, is_fallback_error
+from .fallback import MISSING, RouteFallback, is_fallback_error
 
 __all__ = ["RouteBulkhead", "RoutePolicy", "mesh_error_response"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REQUEST_PARAM = "_mesh_request"
-_MISSING: Any = object()
 DEFAULT_RETRY_AFTER = 1.0
 
 
@@ -115,7 +114,7 @@ class RoutePolicy:
         timeout: float | str | None = None,
         bulkhead: int | None = None,
         queue: int = 0,
-        fallback: Any = _MISSING,
+        fallback: Any = MISSING,
     ) -> None:
         self._clock = clock
         self.timeout: float | None = None
@@ -124,15 +123,17 @@ class RoutePolicy:
             if not isinstance(value, float) or not value > 0 or math.isinf(value):
                 raise ValueError(f"policy timeout must be a positive duration, not {timeout!r}")
             self.timeout = value
+        if bulkhead is not None and bulkhead < 1:
+            raise ValueError(f"policy bulkhead must be at least 1, not {bulkhead}")
         if bulkhead is None and queue:
             raise ValueError("policy queue needs a bulkhead")
         self.bulkhead_limit = bulkhead
         self.queue = queue
-        self.fallback = RouteFallback(fallback) if fallback is not _MISSING else None
+        self.fallback = RouteFallback(fallback) if fallback is not MISSING else None
 
     def __call__(self, handler: F) -> F:
         name = getattr(handler, "__name__", "route")
-        bulkhead = RouteBulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit else None
+        bulkhead = RouteBulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit is not None else None
         is_async = inspect.iscoroutinefunction(handler)
         signature = _signature(handler)
         request_param = next(
