@@ -144,7 +144,8 @@ async def test_metrics_parse_and_hold_process_gc_and_mesh_families() -> None:
         await http.get("/call")
         text = (await http.get("/metrics")).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"process_cpu_seconds", "python_gc_objects_collected", "mesh_info", "mesh_upstream_requests"} <= set(families)
+    expected = {"process_cpu_seconds", "python_gc_objects_collected", "mesh_info", "mesh_upstream_requests"}
+    assert expected <= set(families)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families["mesh_upstream_requests"].samples}
     assert samples[("mesh_upstream_requests_total", (("outcome", "success"), ("service", "user-service")))] == 1
 
@@ -201,7 +202,7 @@ async def test_get_mesh_without_lifespan_explains_what_is_missing() -> None:
 
     transport = httpx.ASGITransport(app, raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        with pytest.raises(RuntimeError, match="lifespan=mesh.lifespan"):
+        with pytest.raises(RuntimeError, match=r"lifespan=mesh\.lifespan"):
             await http.get("/x")
 
 
