@@ -9,6 +9,7 @@ import httpx
 
 from .balancing.balancer import Balancer
 from .discovery.base import Endpoint
+from .resilience.bulkhead import Bulkhead
 from .settings import MeshSettings, ServicePolicy
 
 __all__ = ["ServiceRegistry", "ServiceState"]
@@ -21,6 +22,7 @@ class ServiceState:
         "attempt_timeout",
         "balancer",
         "base_url",
+        "bulkhead",
         "failures",
         "fallback_enabled",
         "name",
@@ -35,6 +37,12 @@ class ServiceState:
         self.name = name
         self.policy = policy
         self.balancer = Balancer(name, policy.load_balancer, rng)
+        limits = policy.bulkhead
+        self.bulkhead = (
+            Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+            if limits.max_concurrent is not None
+            else None
+        )
         # The logical URL a call starts with; the balancer swaps in an endpoint's origin per attempt.
         self.base_url = f"http://{name}"
         self.attempt_timeout = httpx.Timeout(policy.circuit_breaker.timeout)

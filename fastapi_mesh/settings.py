@@ -61,7 +61,7 @@ Strategy = Literal[
 BackoffStrategy = Literal["exponential", "fibonacci", "linear", "fixed", "decorrelated-jitter"]
 Jitter = Literal["none", "full", "equal"]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -74,7 +74,7 @@ def parse_duration(value: Any) -> Any:
     Anything else is handed on unchanged for pydantic to reject with its own message.
     """
     if isinstance(value, bool):
-        return value
+        raise PydanticCustomError("duration", "not a duration: {value}", {"value": repr(value)})
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
@@ -85,7 +85,8 @@ def parse_duration(value: Any) -> Any:
                 "not a duration: {value} (use seconds, or a number with ms, s, m or h, e.g. '500ms')",
                 {"value": repr(value)},
             )
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        unit = match.group(2).lower() if match.group(2) else None
+        return float(match.group(1)) * _UNIT_SECONDS[unit]
     return value
 
 
@@ -503,10 +504,10 @@ class MeshSettings(BaseSettings):
         _reject_unknown_env()
         try:
             super().__init__(**values)
+            for name in self.services:
+                self.for_service(name)  # surface merge errors (e.g. delays out of order) at start-up
         except ValidationError as exc:
             raise _with_env_names(exc) from None
-        for name in self.services:
-            self.for_service(name)  # surface merge errors (e.g. delays out of order) at start-up
 
     @model_validator(mode="before")
     @classmethod
@@ -541,7 +542,7 @@ class MeshSettings(BaseSettings):
             if partial is None:
                 sections[section] = base
                 continue
-            data = _deep_merge(base.model_dump(), partial.model_dump(exclude_none=True))
+            data = _deep_merge(base.model_dump(), partial.model_dump(exclude_unset=True))
             try:
                 sections[section] = POLICY_SECTIONS[section].model_validate(data)
             except ValidationError as exc:
@@ -563,23 +564,26 @@ def get_service_config(name: str, settings: MeshSettings | None = None) -> Servi
 # ---------------------------------------------------------------------------------------- error naming
 
 
-def _env_name(loc: tuple[Any, ...]) -> str | None:
-    """The ``MESH_...`` variable that set the value at ``loc``, if one did."""
+def _env_names(loc: tuple[Any, ...]) -> list[str]:
+    """The ``MESH_...`` variables that set the value at ``loc`` (or, for a whole section, its fields)."""
     environ = {k.upper(): k for k in os.environ}
     for end in range(len(loc), 0, -1):
         candidate = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in loc[:end]).upper()
         if candidate in environ:
-            return environ[candidate]
-    return None
+            return [environ[candidate]]
+    if loc:
+        section = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in loc).upper() + ENV_NESTED_DELIMITER
+        return sorted(original for upper, original in environ.items() if upper.startswith(section))
+    return []
 
 
 def _with_env_names(exc: ValidationError) -> ValidationError:
     details: list[InitErrorDetails] = []
     for err in exc.errors():
         message = err["msg"]
-        env = _env_name(err["loc"])
-        if env is not None:
-            message = f"{message} (set by {env}={os.environ[env]!r})"
+        names = _env_names(err["loc"])
+        if names:
+            message += " (set by " + ", ".join(f"{name}={os.environ[name]!r}" for name in names) + ")"
         details.append(_detail(err, message, err["loc"]))
     return ValidationError.from_exception_data(exc.title, details)
 
@@ -590,9 +594,8 @@ def _relocate(exc: ValidationError, prefix: tuple[str, ...]) -> ValidationError:
 
 
 def _detail(err: Any, message: str, loc: tuple[Any, ...]) -> InitErrorDetails:
-    escaped = message.replace("{", "{{").replace("}", "}}")
     return InitErrorDetails(
-        type=PydanticCustomError(err["type"], escaped),
+        type=PydanticCustomError(err["type"], "{message}", {"message": message}),
         loc=loc,
         input=err.get("input"),
     )

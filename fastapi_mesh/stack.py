@@ -1,11 +1,12 @@
 """The outbound layer stack, written down once. Each layer is an ``httpx.AsyncBaseTransport`` wrapping
 the next::
 
-    deadline         the call's overall deadline (one asyncio.timeout_at, only when there is one)
-    └─ retry         backoff, idempotency rules, Retry-After; transport failures -> MeshError
-       └─ balancer   picks an endpoint per attempt; in-flight counts; latency and failures per endpoint
-          └─ attempt per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
-             └─ connection pool   httpx.AsyncHTTPTransport (TLS / mTLS context), or ``transport=``
+    deadline                 the call's overall deadline (one asyncio.timeout_at, only when it has one)
+    └─ bulkhead              per-service concurrency limit and bounded queue; BulkheadFull when full
+       └─ retry              backoff, idempotency rules, Retry-After; transport failures -> MeshError
+          └─ balancer        an endpoint per attempt; in-flight counts; latency and failures per endpoint
+             └─ attempt      per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
+                └─ pool      httpx.AsyncHTTPTransport (TLS / mTLS context), or the ``transport=`` given
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .balancing.transport import BalancerTransport
 from .clock import Clock
 from .events import EventBus
 from .resilience.attempt import AttemptTransport
+from .resilience.bulkhead import BulkheadTransport
 from .resilience.deadline import DeadlineTransport
 from .resilience.retry import RetryTransport
 from .settings import MeshSettings
@@ -61,5 +63,6 @@ def build_stack(
     layer: httpx.AsyncBaseTransport = AttemptTransport(pool, clock=clock)
     layer = BalancerTransport(layer, clock=clock)
     layer = RetryTransport(layer, clock=clock, rng=rng, events=events)
+    layer = BulkheadTransport(layer)
     layer = DeadlineTransport(layer, clock=clock)
     return layer

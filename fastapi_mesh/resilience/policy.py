@@ -18,7 +18,6 @@ import asyncio
 import functools
 import inspect
 import math
-from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,11 +32,12 @@ from ..context import (
     reset_route_deadline,
     set_route_deadline,
 )
-from ..errors import BulkheadFull, DeadlineExceeded, MeshError
+from ..errors import DeadlineExceeded, MeshError
 from ..settings import parse_duration
+from .bulkhead import Bulkhead
 from .fallback import MISSING, RouteFallback, is_fallback_error
 
-__all__ = ["RouteBulkhead", "RoutePolicy", "mesh_error_response"]
+__all__ = ["RoutePolicy", "mesh_error_response"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,48 +60,6 @@ def mesh_error_response(exc: MeshError) -> Response:
 def _error_name(exc: MeshError) -> str:
     name = type(exc).__name__
     return "".join("_" + ch.lower() if ch.isupper() else ch for ch in name).lstrip("_")
-
-
-class RouteBulkhead:
-    """At most ``limit`` concurrent executions of a route, ``queue`` more waiting; the rest are refused."""
-
-    __slots__ = ("active", "limit", "name", "queue", "waiters")
-
-    def __init__(self, name: str, limit: int, queue: int = 0) -> None:
-        if limit < 1:
-            raise ValueError(f"bulkhead must be at least 1, not {limit}")
-        if queue < 0:
-            raise ValueError(f"queue must be 0 or more, not {queue}")
-        self.name = name
-        self.limit = limit
-        self.queue = queue
-        self.active = 0
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self.active < self.limit and not self.waiters:
-            self.active += 1
-            return
-        if len(self.waiters) >= self.queue:
-            raise BulkheadFull(self.name, f"{self.limit} running and {len(self.waiters)} queued")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
-            elif waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed to us as we were cancelled: pass it on
-            raise
-
-    def release(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter; ``active`` stays the same
-                return
-        self.active -= 1
 
 
 class RoutePolicy:
@@ -133,7 +91,7 @@ class RoutePolicy:
 
     def __call__(self, handler: F) -> F:
         name = getattr(handler, "__name__", "route")
-        bulkhead = RouteBulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit is not None else None
+        bulkhead = Bulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit is not None else None
         is_async = inspect.iscoroutinefunction(handler)
         signature = _signature(handler)
         request_param = next(

@@ -1,0 +1,130 @@
+"""Bulkheads: at most N at once, M more waiting, the rest refused at once with ``BulkheadFull``.
+
+One mechanism serves both the per-service layer (settings section ``bulkhead``) and the per-route limit of
+``@mesh.policy(bulkhead=N, queue=M)``. Acquiring a free slot costs two integer operations; only a queued
+call allocates (one future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import httpx
+
+from ..context import EXTENSION, CallContext
+from ..errors import BulkheadFull
+
+__all__ = ["Bulkhead", "BulkheadTransport"]
+
+
+class Bulkhead:
+    """``limit`` concurrent holders, ``queue`` waiters (each for at most ``queue_timeout`` seconds)."""
+
+    __slots__ = ("active", "limit", "name", "queue", "queue_timeout", "rejected", "waiters")
+
+    def __init__(self, name: str, limit: int, queue: int = 0, queue_timeout: float | None = None) -> None:
+        if limit < 1:
+            raise ValueError(f"bulkhead must be at least 1, not {limit}")
+        if queue < 0:
+            raise ValueError(f"queue must be 0 or more, not {queue}")
+        self.name = name
+        self.limit = limit
+        self.queue = queue
+        self.queue_timeout = queue_timeout
+        self.active = 0
+        self.rejected = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        """Take a slot, wait in the queue for one, or raise ``BulkheadFull``."""
+        if self.active < self.limit and not self.waiters:
+            self.active += 1
+            return
+        if len(self.waiters) >= self.queue:
+            self.rejected += 1
+            raise BulkheadFull(self.name, f"{self.active} running and {len(self.waiters)} queued (limit {self.limit})")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            if self.queue_timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(self.queue_timeout):
+                    await waiter
+        except TimeoutError:
+            self._abandon(waiter)
+            self.rejected += 1
+            raise BulkheadFull(self.name, f"no slot within the queue timeout of {self.queue_timeout}s") from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+        elif waiter.done() and not waiter.cancelled():
+            self.release()  # the slot was handed over as we gave up: pass it on
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter if there is one."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter; ``active`` is unchanged
+                return
+        self.active -= 1
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "active": self.active,
+            "queued": len(self.waiters),
+            "queue": self.queue,
+            "rejected": self.rejected,
+        }
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, bulkhead: Bulkhead) -> None:
+        self._inner = inner
+        self._bulkhead: Bulkhead | None = bulkhead
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._bulkhead is not None:
+                self._bulkhead.release()
+                self._bulkhead = None
+
+
+class BulkheadTransport(httpx.AsyncBaseTransport):
+    """Layer: the per-service bulkhead. Services without ``bulkhead.max_concurrent`` pass straight through."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        ctx: CallContext = request.extensions[EXTENSION]
+        bulkhead = ctx.service.bulkhead
+        if bulkhead is None:
+            return await self._inner.handle_async_request(request)
+        await bulkhead.acquire()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            bulkhead.release()
+            raise
+        if ctx.stream:
+            response.stream = _ReleasingStream(response.stream, bulkhead)  # type: ignore[arg-type]
+        else:
+            bulkhead.release()
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
