@@ -2,7 +2,7 @@
 
     mesh = Mesh(MeshSettings(service_name="api-gateway"))   # Mesh() alone reads MESH_* variables
     app = FastAPI(lifespan=mesh.lifespan)
-    app.include_router(mesh.router)                          # /health/live /health/ready /health/startup /metrics
+    app.include_router(mesh.router)    # /health/live /health/ready /health/startup /metrics /mesh/status
 """
 
 from __future__ import annotations
@@ -114,6 +114,12 @@ class Mesh:
         @router.get("/health/startup", summary="Startup probe")
         async def startup() -> JSONResponse:
             return probe(health.startup())
+
+        client = self.client
+
+        @router.get("/mesh/status", summary="Mesh state: endpoints, breakers, retries per upstream service")
+        async def status() -> JSONResponse:
+            return JSONResponse(client.get_metrics())
 
         registry = self.registry
 
