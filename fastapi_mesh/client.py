@@ -23,6 +23,7 @@ from .errors import MeshError
 from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
 from .health.manager import HealthManager
 from .registry import ServiceRegistry, ServiceState
+from .resilience.breaker import CircuitBreaker
 from .resilience.fallback import MISSING, call_fallback
 from .settings import MeshSettings
 from .stack import build_connection_pool, build_stack
@@ -48,7 +49,7 @@ class _Runtime:
         self.events = EventBus()
         self.user_transport = transport
         self.discovery: Discovery = discovery if discovery is not None else build_discovery(settings)
-        self.registry = ServiceRegistry(settings, self.rng, on_new=self._watch)
+        self.registry = ServiceRegistry(settings, self.rng, self.clock, self.events, on_new=self._watch)
         self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
         self.http: httpx.AsyncClient | None = None
         self.discovery_started = False
@@ -309,6 +310,10 @@ class MeshClient:
         ``"service-mesh:retry:attempt"``, ``"service-mesh:retry:max-reached"``); returns an unsubscriber."""
         return self._rt.events.on(name, handler)
 
+    def circuit_breaker(self, service: str) -> CircuitBreaker:
+        """The breaker of ``service``, for reading its ``state`` or ``force_open()`` / ``disable()`` / ``reset()``."""
+        return self._rt.registry.get(service).breaker
+
     def get_liveness(self) -> dict[str, object]:
         return self._rt.health.liveness()
 
@@ -319,12 +324,15 @@ class MeshClient:
         return self._rt.health.startup()
 
     def get_metrics(self) -> dict[str, Any]:
-        """A snapshot: ``load_balancer`` (endpoints per service), ``retry`` and ``requests`` counters."""
+        """A snapshot per upstream service: ``load_balancer`` (endpoints), ``circuit_breakers``, ``bulkheads``,
+        ``retry`` and ``requests`` counters."""
         services = self._rt.registry.services
         return {
             "service": self._rt.settings.service_name,
             "environment": self._rt.settings.environment,
             "load_balancer": {name: s.balancer.as_dict() for name, s in services.items()},
+            "circuit_breakers": {name: s.breaker.as_dict() for name, s in services.items()},
+            "bulkheads": {name: s.bulkhead.as_dict() for name, s in services.items() if s.bulkhead is not None},
             "retry": {
                 name: {"retries": s.retries, "retries_exhausted": s.retries_exhausted}
                 for name, s in services.items()

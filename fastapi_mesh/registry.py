@@ -8,7 +8,10 @@ from collections.abc import Callable, Sequence
 import httpx
 
 from .balancing.balancer import Balancer
+from .clock import Clock
 from .discovery.base import Endpoint
+from .events import EventBus
+from .resilience.breaker import CircuitBreaker
 from .resilience.bulkhead import Bulkhead
 from .settings import MeshSettings, ServicePolicy
 
@@ -22,6 +25,7 @@ class ServiceState:
         "attempt_timeout",
         "balancer",
         "base_url",
+        "breaker",
         "bulkhead",
         "failures",
         "fallback_enabled",
@@ -33,10 +37,13 @@ class ServiceState:
         "retry_statuses",
     )
 
-    def __init__(self, name: str, policy: ServicePolicy, rng: random.Random) -> None:
+    def __init__(
+        self, name: str, policy: ServicePolicy, rng: random.Random, clock: Clock, events: EventBus
+    ) -> None:
         self.name = name
         self.policy = policy
         self.balancer = Balancer(name, policy.load_balancer, rng)
+        self.breaker = CircuitBreaker(name, policy.circuit_breaker, clock, events)
         limits = policy.bulkhead
         self.bulkhead = (
             Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout)
@@ -65,20 +72,28 @@ class ServiceState:
 class ServiceRegistry:
     """Maps service names to their ``ServiceState``; discovery publishes into it."""
 
-    __slots__ = ("_on_new", "_rng", "_settings", "services")
+    __slots__ = ("_clock", "_events", "_on_new", "_rng", "_settings", "services")
 
     def __init__(
-        self, settings: MeshSettings, rng: random.Random, on_new: Callable[[str], None] | None = None
+        self,
+        settings: MeshSettings,
+        rng: random.Random,
+        clock: Clock,
+        events: EventBus,
+        on_new: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._rng = rng
+        self._clock = clock
+        self._events = events
         self._on_new = on_new
         self.services: dict[str, ServiceState] = {}
 
     def get(self, name: str) -> ServiceState:
         state = self.services.get(name)
         if state is None:
-            state = self.services[name] = ServiceState(name, self._settings.for_service(name), self._rng)
+            policy = self._settings.for_service(name)
+            state = self.services[name] = ServiceState(name, policy, self._rng, self._clock, self._events)
             if self._on_new is not None:
                 self._on_new(name)
         return state

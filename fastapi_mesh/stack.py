@@ -3,10 +3,14 @@ the next::
 
     deadline                 the call's overall deadline (one asyncio.timeout_at, only when it has one)
     └─ bulkhead              per-service concurrency limit and bounded queue; BulkheadFull when full
-       └─ retry              backoff, idempotency rules, Retry-After; transport failures -> MeshError
-          └─ balancer        an endpoint per attempt; in-flight counts; latency and failures per endpoint
-             └─ attempt      per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
-                └─ pool      httpx.AsyncHTTPTransport (TLS / mTLS context), or the ``transport=`` given
+       └─ breaker            per-service state machine over the outcome the caller sees; CircuitOpen
+          └─ retry           backoff, idempotency rules, budget, Retry-After; transport failures -> MeshError
+             └─ balancer     an endpoint per attempt; in-flight counts; latency, failures, outlier ejection
+                └─ attempt   per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
+                   └─ pool   httpx.AsyncHTTPTransport (TLS / mTLS context), or the ``transport=`` given
+
+A bad replica is the balancer's problem (ejection, a re-pick on retry), not the breaker's: the breaker sees
+what the caller sees, after retries, and opens only when the service as a whole fails.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .balancing.transport import BalancerTransport
 from .clock import Clock
 from .events import EventBus
 from .resilience.attempt import AttemptTransport
+from .resilience.breaker import CircuitBreakerTransport
 from .resilience.bulkhead import BulkheadTransport
 from .resilience.deadline import DeadlineTransport
 from .resilience.retry import RetryTransport
@@ -63,6 +68,7 @@ def build_stack(
     layer: httpx.AsyncBaseTransport = AttemptTransport(pool, clock=clock)
     layer = BalancerTransport(layer, clock=clock)
     layer = RetryTransport(layer, clock=clock, rng=rng, events=events)
+    layer = CircuitBreakerTransport(layer, clock=clock)
     layer = BulkheadTransport(layer)
     layer = DeadlineTransport(layer, clock=clock)
     return layer

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal
 
 import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import CircuitOpen
+from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen
 from ..events import EventBus
 from ..settings import CircuitBreakerConfig
 
@@ -274,7 +274,7 @@ class CircuitBreaker:
             "failure_rate": round(100.0 * failures / calls, 2) if calls else 0.0,
             "slow_call_rate": round(100.0 * slow / calls, 2) if calls else 0.0,
             "opened_at": self._opened_at,
-            "retry_after": round(self.retry_after(), 3) if self._state in (OPEN, FORCED_OPEN, HALF_OPEN) else 0.0,
+            "retry_after": round(self.retry_after(), 3),
             "trips": self._total_trips,
             "consecutive_trips": self._trips,
             "half_open_in_flight": self._probes,
@@ -442,21 +442,15 @@ class CircuitBreaker:
         return f"<CircuitBreaker {self.service!r} {self._state}>"
 
 
-class _BreakerHolder(Protocol):
-    """What this layer needs from the per-service state: its name and its breaker."""
-
-    name: str
-    breaker: CircuitBreaker
-
-
 class CircuitBreakerTransport(httpx.AsyncBaseTransport):
     """Layer: reject at once with ``CircuitOpen`` while the service's breaker is open; otherwise pass the
     call on and record its outcome.
 
     Failures: a response whose status is in ``failure_on_status`` (5xx by default), or no response at all
-    (``httpx.TransportError``, which includes every ``MeshError``: ``UpstreamUnavailable``,
-    ``DeadlineExceeded``, ``NoHealthyEndpoints``, ``BulkheadFull`` ...). Any other response is a success,
-    4xx included. Cancellation, and any other exception, record nothing and give back a half-open slot.
+    (``httpx.TransportError``, which includes the ``MeshError``s ``UpstreamUnavailable``, ``DeadlineExceeded``
+    and ``NoHealthyEndpoints``). Any other response is a success, 4xx included. ``BulkheadFull`` and
+    ``AuthorizationDenied`` (the mesh's own limits and rules), cancellation, and any other exception record
+    nothing and give back a half-open slot.
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
@@ -465,7 +459,7 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx: CallContext = request.extensions[EXTENSION]
-        service = cast(_BreakerHolder, ctx.service)
+        service = ctx.service
         breaker = service.breaker
         if not breaker.try_acquire():
             retry_after = breaker.retry_after()
@@ -475,6 +469,9 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         start = clock.now()
         try:
             response = await self._inner.handle_async_request(request)
+        except (BulkheadFull, AuthorizationDenied):  # our own limits and rules, not the service failing
+            breaker.record_ignored()
+            raise
         except httpx.TransportError:
             breaker.record_failure(clock.now() - start)
             raise
