@@ -12,7 +12,9 @@ from .clock import Clock
 from .discovery.base import Endpoint
 from .events import EventBus
 from .resilience.breaker import CircuitBreaker
+from .resilience.budget import RetryBudget
 from .resilience.bulkhead import Bulkhead
+from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
 
 __all__ = ["ServiceRegistry", "ServiceState"]
@@ -26,6 +28,7 @@ class ServiceState:
         "balancer",
         "base_url",
         "breaker",
+        "budget",
         "bulkhead",
         "failures",
         "fallback_enabled",
@@ -42,7 +45,10 @@ class ServiceState:
     ) -> None:
         self.name = name
         self.policy = policy
-        self.balancer = Balancer(name, policy.load_balancer, rng)
+        outlier = OutlierDetector(name, policy.outlier_detection, clock, events)
+        self.balancer = Balancer(name, policy.load_balancer, rng, outlier)
+        retry = policy.retry
+        self.budget = RetryBudget(retry.budget_percent, retry.budget_ttl, retry.min_retries_per_second, clock)
         self.breaker = CircuitBreaker(name, policy.circuit_breaker, clock, events)
         limits = policy.bulkhead
         self.bulkhead = (

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from ..context import CallContext
 from ..discovery.base import Endpoint
 from ..errors import BulkheadFull, NoHealthyEndpoints
+from ..resilience.outlier import OutlierDetector
 from ..settings import LoadBalancerConfig
 from .strategies import Strategy, build_strategy, rendezvous
 
@@ -70,15 +71,18 @@ class EndpointState:
 class Balancer:
     """Holds a service's current endpoints (pushed by discovery) and picks one per attempt.
 
-    A pick skips endpoints that are unhealthy, at ``max_connections_per_instance``, or already tried in
-    this call while another is available.
+    A pick skips endpoints that are ejected as outliers, unhealthy, at ``max_connections_per_instance``, or
+    already tried in this call while another is available. The outlier detector never ejects the last one.
     """
 
-    __slots__ = ("_by_url", "config", "endpoints", "service", "strategy")
+    __slots__ = ("_by_url", "config", "endpoints", "outlier", "service", "strategy")
 
-    def __init__(self, service: str, config: LoadBalancerConfig, rng: random.Random) -> None:
+    def __init__(
+        self, service: str, config: LoadBalancerConfig, rng: random.Random, outlier: OutlierDetector
+    ) -> None:
         self.service = service
         self.config = config
+        self.outlier = outlier
         self.strategy: Strategy = build_strategy(config.strategy, rng)
         self.endpoints: list[EndpointState] = []
         self._by_url: dict[str, EndpointState] = {}
@@ -93,6 +97,8 @@ class Balancer:
             else:
                 state.endpoint = endpoint
             fresh[endpoint.url] = state
+        for url in self._by_url.keys() - fresh.keys():
+            self.outlier.forget(url)
         self._by_url = fresh
         self.endpoints = list(fresh.values())
 
@@ -102,6 +108,10 @@ class Balancer:
             raise NoHealthyEndpoints(self.service, "no endpoints discovered (is the service name right?)")
         limit = self.config.max_connections_per_instance
         tried = ctx.tried
+        outlier = self.outlier
+        if outlier.any_ejected:
+            ejected = outlier.is_ejected
+            endpoints = [s for s in endpoints if not ejected(s.url)] or endpoints
         candidates = [
             s for s in endpoints if s.healthy and s.in_flight < limit and (not tried or s not in tried)
         ]
@@ -127,10 +137,16 @@ class Balancer:
         inbound = ctx.inbound
         return inbound.client_host if inbound is not None else None
 
+    def record(self, state: EndpointState, ok: bool, latency: float) -> None:
+        """One attempt's outcome on ``state``: its own counters, and the outlier detector."""
+        state.record(ok, latency)
+        self.outlier.record(state.endpoint.url, ok, len(self.endpoints))
+
     def as_dict(self) -> dict[str, object]:
+        ejections = self.outlier.as_dict()
         return {
             "strategy": self.config.strategy,
             "session_affinity": self.config.session_affinity,
             "max_connections_per_instance": self.config.max_connections_per_instance,
-            "endpoints": [s.as_dict() for s in self.endpoints],
+            "endpoints": [s.as_dict() | {"outlier": ejections.get(s.url)} for s in self.endpoints],
         }

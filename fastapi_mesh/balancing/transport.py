@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
+from ..errors import MeshError
 from .balancer import EndpointState
 
 __all__ = ["BalancerTransport"]
@@ -63,18 +63,22 @@ class BalancerTransport(httpx.AsyncBaseTransport):
         request.url = _point_at(request.url, state)
         request.headers["host"] = state.endpoint.host_header
         state.in_flight += 1
+        balancer = ctx.service.balancer
         clock = self._clock
         start = clock.now()
         try:
             response = await self._inner.handle_async_request(request)
-        except asyncio.CancelledError:
+        except MeshError:  # raised by the mesh before anything was sent: not the endpoint's doing
             state.in_flight -= 1
             raise
-        except BaseException:
+        except httpx.TransportError:
             state.in_flight -= 1
-            state.record(False, clock.now() - start)
+            balancer.record(state, False, clock.now() - start)
             raise
-        state.record(response.status_code < 500, clock.now() - start)
+        except BaseException:  # cancelled (the caller or the deadline gave up), or a bug: no verdict
+            state.in_flight -= 1
+            raise
+        balancer.record(state, response.status_code < 500, clock.now() - start)
         if ctx.stream:
             response.stream = _ReleasingStream(response.stream, state)  # type: ignore[arg-type]
         else:

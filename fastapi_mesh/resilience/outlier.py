@@ -148,6 +148,11 @@ class OutlierDetector:
         if record.consecutive >= self._threshold and self._has_room(total_endpoints):
             self._eject(url, record, now)
 
+    @property
+    def any_ejected(self) -> bool:
+        """Whether any endpoint may be ejected (cheap: lets a pick skip the per-endpoint checks)."""
+        return bool(self._ejected)
+
     def is_ejected(self, url: str) -> bool:
         """True while ``url`` is ejected; an ejection whose time is up ends here."""
         if url not in self._ejected:

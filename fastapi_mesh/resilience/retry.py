@@ -51,6 +51,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
         max_attempts = 1 + config.max_retries
         idempotent = request.method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
         replayable = isinstance(request.stream, httpx.ByteStream)
+        budget = service.budget
+        budget.record_request()
         delay = 0.0
         while True:
             ctx.attempts += 1
@@ -60,41 +62,47 @@ class RetryTransport(httpx.AsyncBaseTransport):
             except MeshError:
                 raise
             except httpx.TransportError as exc:
+                reason = type(exc).__name__
                 safe = replayable and (idempotent or isinstance(exc, NOT_SENT))
-                if safe and attempt < max_attempts:
+                if safe:
                     delay = backoff_delay(config, attempt, self._rng, delay)
-                    if self._fits(ctx, delay):
-                        await self._pause(ctx, request.method, attempt, delay, type(exc).__name__)
+                    refusal = self._refusal(ctx, attempt, max_attempts, delay)
+                    if refusal is None:
+                        await self._pause(ctx, request.method, attempt, delay, reason)
                         continue
-                self._exhausted(ctx, request.method, attempt, type(exc).__name__, safe)
+                    self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
                 endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
                 raise UpstreamUnavailable(
                     service.name,
-                    f"{type(exc).__name__} after {attempt} attempt(s): {exc}".rstrip(": "),
+                    f"{reason} after {attempt} attempt(s): {exc}".rstrip(": "),
                     endpoint=endpoint,
                     request=request,
                 ) from exc
             status = response.status_code
-            if status not in service.retry_statuses:
+            if status not in service.retry_statuses or not (replayable and idempotent):
                 return response
-            safe = replayable and idempotent
-            if not safe or attempt >= max_attempts:
-                self._exhausted(ctx, request.method, attempt, f"status {status}", safe)
-                return response
+            reason = f"status {status}"
             delay = backoff_delay(config, attempt, self._rng, delay)
             if status in RETRY_AFTER_STATUSES:
                 hinted = parse_retry_after(response.headers.get("retry-after"), time.time())
                 if hinted is not None:
                     delay = min(max(delay, hinted), config.max_delay)
-            if not self._fits(ctx, delay):
-                self._exhausted(ctx, request.method, attempt, f"status {status}", safe)
+            refusal = self._refusal(ctx, attempt, max_attempts, delay)
+            if refusal is not None:
+                self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
                 return response
             await response.aclose()
-            await self._pause(ctx, request.method, attempt, delay, f"status {status}")
+            await self._pause(ctx, request.method, attempt, delay, reason)
 
-    def _fits(self, ctx: CallContext, delay: float) -> bool:
-        """Whether a retry after ``delay`` could still start before the call's deadline."""
-        return ctx.deadline is None or self._clock.now() + delay < ctx.deadline
+    def _refusal(self, ctx: CallContext, attempt: int, max_attempts: int, delay: float) -> str | None:
+        """Why no retry may follow attempt number ``attempt``, or None (and one retry is withdrawn)."""
+        if attempt >= max_attempts:
+            return f"max_retries ({max_attempts - 1}) reached"
+        if ctx.deadline is not None and self._clock.now() + delay >= ctx.deadline:
+            return "the deadline leaves no time for another attempt"
+        if not ctx.service.budget.try_withdraw():
+            return "retry budget exhausted"
+        return None
 
     async def _pause(self, ctx: CallContext, method: str, attempt: int, delay: float, reason: str) -> None:
         ctx.service.retries += 1
@@ -108,9 +116,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         else:
             await asyncio.sleep(0)
 
-    def _exhausted(self, ctx: CallContext, method: str, attempt: int, reason: str, retryable: bool) -> None:
-        if not retryable or attempt < 2:
-            return
+    def _exhausted(self, ctx: CallContext, method: str, attempt: int, reason: str) -> None:
         ctx.service.retries_exhausted += 1
         if self._events.wants(RETRY_MAX_REACHED):
             self._events.emit(

@@ -1,0 +1,106 @@
+"""Per-call cost of the mesh's full stack against raw httpx, on the same ``httpx.MockTransport``.
+
+Variants, measured in interleaved rounds in one process so machine noise hits them alike:
+
+- ``raw httpx``: ``httpx.AsyncClient(transport=mock).get(url)``;
+- ``mesh``: ``MeshClient(settings, transport=mock).get("user-service", path)``: bulkhead, breaker, retry,
+  balancer, attempt layers and the counters behind /metrics (tracing off);
+- ``mesh + deadline``: the same with ``deadline=5`` (one ``asyncio.timeout_at`` per call, the header);
+- ``tenacity + purgatory + asyncio.timeout``: the hand-composed equivalent around raw httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from fastapi_mesh import MeshClient, MeshSettings
+
+CALLS_PER_ROUND = 5_000
+ROUNDS = 7
+BODY = b'{"users": ["ada", "grace"]}'
+
+
+def _handler(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=BODY, headers={"content-type": "application/json"})
+
+
+async def _time(call: Callable[[], Awaitable[httpx.Response]], calls: int) -> float:
+    """Seconds per call over ``calls`` sequential calls."""
+    gc.collect()
+    start = time.perf_counter()
+    for _ in range(calls):
+        response = await call()
+        if response.status_code != 200:
+            raise AssertionError(response.status_code)
+    return (time.perf_counter() - start) / calls
+
+
+async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> dict[str, float]:
+    """Median seconds per call for each variant."""
+    from purgatory import AsyncCircuitBreakerFactory
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+    mock = httpx.MockTransport(_handler)
+    raw = httpx.AsyncClient(transport=mock)
+    settings = MeshSettings(
+        service_name="bench", discovery={"endpoints": {"user-service": ["http://10.0.0.1:8080"]}}
+    )
+    mesh = MeshClient(settings, transport=mock)
+    await mesh.initialize()
+    breakers = AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)
+
+    async def raw_call() -> httpx.Response:
+        return await raw.get("http://10.0.0.1:8080/api/users")
+
+    async def mesh_call() -> httpx.Response:
+        return await mesh.get("user-service", "/api/users")
+
+    async def mesh_deadline_call() -> httpx.Response:
+        return await mesh.get("user-service", "/api/users", deadline=5.0)
+
+    async def composed_call() -> httpx.Response:
+        async with asyncio.timeout(5.0):
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(3),
+                wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                retry=retry_if_exception_type(httpx.TransportError),
+                reraise=True,
+            ):
+                with attempt:
+                    async with await breakers.get_breaker("user-service"):
+                        return await raw.get("http://10.0.0.1:8080/api/users", timeout=10.0)
+        raise AssertionError("unreachable")
+
+    variants: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
+        "raw httpx": raw_call,
+        "mesh": mesh_call,
+        "mesh + deadline": mesh_deadline_call,
+        "tenacity + purgatory + asyncio.timeout": composed_call,
+    }
+    for call in variants.values():  # warm up caches, pools, lazy imports
+        await _time(call, 500)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, call in variants.items():
+            samples[name].append(await _time(call, calls_per_round))
+    await raw.aclose()
+    await mesh.aclose()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def report(results: dict[str, float]) -> str:
+    base = results["raw httpx"]
+    lines = ["| variant | µs per call | ratio to raw httpx |", "| --- | ---: | ---: |"]
+    for name, seconds in results.items():
+        lines.append(f"| {name} | {seconds * 1e6:.1f} | {seconds / base:.3f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(asyncio.run(run())))
