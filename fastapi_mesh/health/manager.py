@@ -124,8 +124,10 @@ class HealthManager:
         ]
 
     async def _loop(self, kinds: tuple[CheckKind, ...], interval: float) -> None:
+        # Real waits, whatever the clock: a test clock that jumps ahead on sleep would spin this loop.
+        # Tests drive checks with ``run(kind)`` instead.
         while True:
-            await self._clock.sleep(interval)
+            await asyncio.sleep(interval)
             for kind in kinds:
                 if kind == "startup" and self._startup_done:
                     continue

@@ -1,0 +1,248 @@
+"""Resilience against real uvicorn replicas with fault switches: the numbers the product promises."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import Depends, FastAPI
+
+from fastapi_mesh import (
+    CircuitOpen,
+    DeadlineExceeded,
+    ManualClock,
+    Mesh,
+    MeshClient,
+    MeshError,
+    MeshSettings,
+    UpstreamUnavailable,
+    get_mesh,
+)
+from tests.upstreams import Fleet, unused_port
+
+pytestmark = pytest.mark.anyio
+
+
+def settings_for(urls: list[str], **sections: Any) -> MeshSettings:
+    sections.setdefault("retry", {})
+    sections["retry"] = {"initial_delay": 0, "jitter": "none", **sections["retry"]}
+    return MeshSettings(service_name="test", discovery={"endpoints": {"svc": urls}}, **sections)
+
+
+async def test_one_healthy_replica_of_three_serves_every_call(fleet: Fleet) -> None:
+    """With one replica refusing and one answering 503, all 1,000 GETs succeed and the breaker stays closed."""
+    failing, healthy = await fleet.start(2)
+    failing.mode = "status"
+    refused = f"http://127.0.0.1:{unused_port()}"
+    settings = settings_for(
+        [refused, failing.url, healthy.url],
+        retry={"max_retries": 2},
+        circuit_breaker={"timeout": 0.5, "failure_threshold": 5},
+    )
+    slowest = 0.0
+    async with MeshClient(settings) as client:
+        for _ in range(1000):
+            start = time.perf_counter()
+            response = await client.get("svc", "/api/users")
+            slowest = max(slowest, time.perf_counter() - start)
+            assert response.status_code == 200
+        status = client.get_metrics()
+        state = client.circuit_breaker("svc").state
+    assert state == "closed"
+    assert slowest <= 0.5 * 3  # per-attempt timeout x attempts
+    ejected = {e["url"] for e in status["load_balancer"]["svc"]["endpoints"] if (e["outlier"] or {}).get("ejected")}
+    assert ejected == {refused, failing.url}
+    assert failing.total <= 10  # ejected after 5 failures in a row, back once (30 s later) at most
+
+
+@pytest.mark.parametrize("mode", ["status", "hang", "drop", "slow"])
+async def test_post_without_idempotency_key_is_delivered_at_most_once(fleet: Fleet, mode: str) -> None:
+    """In every fault mode a plain POST reaches the upstreams at most once."""
+    replicas = await fleet.start(3)
+    for r in replicas:
+        r.mode = mode
+        r.delay = 1.0
+    settings = settings_for([r.url for r in replicas], retry={"max_retries": 5}, circuit_breaker={"timeout": 0.2})
+    async with MeshClient(settings) as client:
+        for i in range(5):
+            try:
+                await client.post("svc", "/api/orders", json={"order": i})
+            except MeshError:
+                pass
+    delivered = [body for r in replicas for body in r.bodies]
+    assert len(delivered) == 5
+    assert sorted(delivered) == sorted({b'{"order":%d}' % i for i in range(5)})
+
+
+async def test_total_outage_traffic_is_bounded_by_the_retry_budget(fleet: Fleet) -> None:
+    """With every replica failing and 10 retries allowed, upstreams see at most offered x 1.2 + floor."""
+    replicas = await fleet.start(3)
+    for r in replicas:
+        r.mode = "status"
+    clock = ManualClock()
+    settings = settings_for(
+        [r.url for r in replicas],
+        retry={"max_retries": 10, "budget_percent": 20, "budget_ttl": 10, "min_retries_per_second": 1},
+        circuit_breaker={"enabled": False},
+        outlier_detection={"enabled": False},
+    )
+    offered = 300
+    async with MeshClient(settings, clock=clock) as client:
+        for _ in range(offered):
+            assert (await client.get("svc", "/x")).status_code == 503
+        refused = client.get_metrics()["retry"]["svc"]
+    received = sum(r.total for r in replicas)
+    floor = 1 * 10
+    assert offered < received <= offered * 1.2 + floor
+    assert refused["retries_exhausted"] >= offered - floor
+
+
+async def test_breaker_opens_sends_nothing_half_opens_and_closes(fleet: Fleet) -> None:
+    """The breaker opens within its window, sends nothing while open, half-opens after reset_timeout, closes."""
+    replicas = await fleet.start(2)
+    for r in replicas:
+        r.mode = "status"
+    clock = ManualClock()
+    settings = settings_for(
+        [r.url for r in replicas],
+        retry={"max_retries": 0},
+        circuit_breaker={
+            "failure_threshold": 5,
+            "failure_threshold_percentage": 50,
+            "sliding_window_size": 10,
+            "reset_timeout": 30,
+        },
+    )
+    async with MeshClient(settings, clock=clock) as client:
+        breaker = client.circuit_breaker("svc")
+        for _ in range(5):
+            assert (await client.get("svc", "/x")).status_code == 503
+        assert breaker.state == "open"
+        sent = sum(r.total for r in replicas)
+        for _ in range(20):
+            with pytest.raises(CircuitOpen, match="'svc'"):
+                await client.get("svc", "/x")
+        assert sum(r.total for r in replicas) == sent
+        fallback = await client.get("svc", "/x", fallback={"cached": True})
+        assert fallback.json() == {"cached": True}
+        clock.advance(30)
+        for r in replicas:
+            r.mode = "ok"
+        assert (await client.get("svc", "/x")).status_code == 200
+        assert breaker.state == "closed"
+    assert sum(r.total for r in replicas) == sent + 1
+
+
+async def test_calls_never_return_later_than_deadline_plus_50ms(fleet: Fleet) -> None:
+    """Against a hanging upstream, each call ends within its deadline + 50 ms."""
+    (hanging,) = await fleet.start(1)
+    hanging.mode = "hang"
+    async with MeshClient(settings_for([hanging.url], retry={"max_retries": 3})) as client:
+        overruns = []
+        for deadline in (0.05, 0.1, 0.15, 0.2):
+            start = time.perf_counter()
+            with pytest.raises(DeadlineExceeded):
+                await client.get("svc", "/hang", deadline=deadline)
+            overruns.append(time.perf_counter() - start - deadline)
+    assert max(overruns) <= 0.05
+
+
+async def test_service_bulkhead_rejects_beyond_its_limit(fleet: Fleet) -> None:
+    """bulkhead.max_concurrent=2: a third concurrent call to the service is refused at once."""
+    (slow,) = await fleet.start(1)
+    slow.mode = "hang"
+    settings = settings_for([slow.url], bulkhead={"max_concurrent": 2}, retry={"max_retries": 0})
+    async with MeshClient(settings) as client:
+        held = [asyncio.create_task(client.get("svc", "/hold")) for _ in range(2)]
+        while slow.total < 2:
+            await asyncio.sleep(0.005)
+        with pytest.raises(MeshError, match="bulkhead full for service 'svc'"):
+            await client.get("svc", "/x")
+        assert all(not task.done() for task in held)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        assert client.get_metrics()["bulkheads"]["svc"]["active"] == 0
+
+
+async def test_route_bulkhead_saturated_by_slow_calls_leaves_other_routes_alone(fleet: Fleet) -> None:
+    """While slow calls fill a route's bulkhead, more calls to it get 503 at once and other routes still answer."""
+    slow, fast = await fleet.start(2)
+    slow.mode = "hang"
+    mesh = Mesh(
+        MeshSettings(
+            service_name="gw",
+            discovery={"endpoints": {"slow": [slow.url], "fast": [fast.url]}},
+            retry={"max_retries": 0},
+        )
+    )
+    app = FastAPI(lifespan=mesh.lifespan)
+
+    @app.get("/slow")
+    @mesh.policy(bulkhead=2)
+    async def slow_route(client: MeshClient = Depends(get_mesh)) -> Any:
+        return (await client.get("slow", "/")).json()
+
+    @app.get("/fast")
+    async def fast_route(client: MeshClient = Depends(get_mesh)) -> Any:
+        return (await client.get("fast", "/")).json()
+
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=10) as http:
+            held = [asyncio.create_task(http.get("/slow")) for _ in range(2)]
+            while slow.total < 2:
+                await asyncio.sleep(0.005)
+            rejected = [await http.get("/slow") for _ in range(10)]
+            others = [await http.get("/fast") for _ in range(10)]
+            assert all(not task.done() for task in held)
+            slow.release.set()
+            finished = await asyncio.gather(*held)
+    assert {r.status_code for r in rejected} == {503}
+    assert all("retry-after" in r.headers for r in rejected)
+    assert {r.status_code for r in others} == {200}
+    assert {r.status_code for r in finished} == {200}
+    assert slow.total == 2
+
+
+async def test_outlier_is_ejected_after_consecutive_failures(fleet: Fleet) -> None:
+    """A replica failing 5 times in a row is ejected and receives nothing more until its time is up."""
+    bad, good = await fleet.start(2)
+    bad.mode = "status"
+    clock = ManualClock()
+    settings = settings_for(
+        [bad.url, good.url],
+        retry={"max_retries": 1},
+        outlier_detection={"consecutive_failures": 5, "base_ejection_time": 30},
+    )
+    async with MeshClient(settings, clock=clock) as client:
+        for _ in range(20):
+            assert (await client.get("svc", "/x")).status_code == 200
+        assert bad.total == 5
+        clock.advance(31)
+        for _ in range(4):
+            await client.get("svc", "/x")
+    assert bad.total == 7  # back after 30 s: round robin gives it 2 of the next 4 calls
+
+
+async def test_refused_connections_are_retried_for_posts_but_not_counted_twice(fleet: Fleet) -> None:
+    """A POST fails over from a refused endpoint and is delivered exactly once."""
+    (good,) = await fleet.start(1)
+    settings = settings_for([f"http://127.0.0.1:{unused_port()}", good.url], retry={"max_retries": 1})
+    async with MeshClient(settings) as client:
+        response = await client.post("svc", "/orders", json={"n": 1})
+    assert response.status_code == 200
+    assert good.bodies == [b'{"n":1}']
+
+
+async def test_upstream_unavailable_carries_the_last_transport_error() -> None:
+    """When nothing answers, UpstreamUnavailable names the service and chains the last httpx error."""
+    settings = settings_for([f"http://127.0.0.1:{unused_port()}"], retry={"max_retries": 1})
+    async with MeshClient(settings) as client:
+        with pytest.raises(UpstreamUnavailable, match="after 2 attempt") as info:
+            await client.get("svc", "/x")
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
