@@ -67,6 +67,7 @@ class _Runtime:
             transport=_Borrowed(stack) if self.user_transport is not None else stack,
             trust_env=False,
             follow_redirects=False,
+            timeout=self.settings.circuit_breaker.timeout,  # services with their own pass theirs per call
         )
         await self.discovery.start(self.registry.publish)
         self.discovery_started = True
@@ -178,7 +179,7 @@ class MeshClient:
         ctx = CallContext(state, self._deadline(state, deadline, inbound), inbound, affinity_key)
         extensions = kwargs.get("extensions")
         kwargs["extensions"] = {**extensions, EXTENSION: ctx} if extensions else {EXTENSION: ctx}
-        if "timeout" not in kwargs:
+        if state.attempt_timeout is not None and "timeout" not in kwargs:
             kwargs["timeout"] = state.attempt_timeout
         if inbound is not None and inbound.forward:
             headers = httpx.Headers(inbound.forward)

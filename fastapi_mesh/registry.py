@@ -41,7 +41,13 @@ class ServiceState:
     )
 
     def __init__(
-        self, name: str, policy: ServicePolicy, rng: random.Random, clock: Clock, events: EventBus
+        self,
+        name: str,
+        policy: ServicePolicy,
+        rng: random.Random,
+        clock: Clock,
+        events: EventBus,
+        default_timeout: float | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -58,7 +64,9 @@ class ServiceState:
         )
         # The logical URL a call starts with; the balancer swaps in an endpoint's origin per attempt.
         self.base_url = f"http://{name}"
-        self.attempt_timeout = httpx.Timeout(policy.circuit_breaker.timeout)
+        # None: the client's default (the global circuit_breaker.timeout) applies without a per-call argument.
+        timeout = policy.circuit_breaker.timeout
+        self.attempt_timeout = None if timeout == default_timeout else httpx.Timeout(timeout)
         self.fallback_enabled = policy.circuit_breaker.fallback_enabled
         self.retry_statuses = frozenset(policy.retry.retry_on_status)
         self.requests = 0
@@ -99,7 +107,9 @@ class ServiceRegistry:
         state = self.services.get(name)
         if state is None:
             policy = self._settings.for_service(name)
-            state = self.services[name] = ServiceState(name, policy, self._rng, self._clock, self._events)
+            state = self.services[name] = ServiceState(
+                name, policy, self._rng, self._clock, self._events, self._settings.circuit_breaker.timeout
+            )
             if self._on_new is not None:
                 self._on_new(name)
         return state

@@ -31,11 +31,15 @@ class AttemptTransport(httpx.AsyncBaseTransport):
             remaining = deadline - self._clock.now()
             if remaining <= 0:
                 raise DeadlineExceeded(ctx.service.name, "no time left for another attempt", request=request)
-            timeouts = request.extensions.get("timeout") or {}
-            request.extensions["timeout"] = {
-                key: remaining if value is None else min(value, remaining)
-                for key, value in (timeouts or dict.fromkeys(("connect", "read", "write", "pool"))).items()
-            }
+            timeouts = request.extensions.get("timeout")
+            if timeouts:
+                request.extensions["timeout"] = {
+                    key: remaining if value is None or value > remaining else value for key, value in timeouts.items()
+                }
+            else:
+                request.extensions["timeout"] = {
+                    "connect": remaining, "read": remaining, "write": remaining, "pool": remaining
+                }
             request.headers[DEADLINE_HEADER] = str(max(1, int(remaining * 1000)))
         response = await self._inner.handle_async_request(request)
         if ctx.stream or isinstance(response.stream, httpx.ByteStream):
