@@ -68,7 +68,7 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
         async with asyncio.timeout(5.0):
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(3),
-                wait=wait_exponential_jitter(initial=0.1, max=1.0),
+                wait=wait_exponential_jitter(multiplier=0.1, max=1.0),
                 retry=retry_if_exception_type(httpx.TransportError),
                 reraise=True,
             ):

@@ -335,7 +335,12 @@ class MeshClient:
             "circuit_breakers": {name: s.breaker.as_dict() for name, s in services.items()},
             "bulkheads": {name: s.bulkhead.as_dict() for name, s in services.items() if s.bulkhead is not None},
             "retry": {
-                name: {"retries": s.retries, "retries_exhausted": s.retries_exhausted}
+                name: {
+                    "retries": s.retries,
+                    "retries_exhausted": s.retries_exhausted,
+                    "hedges": s.hedges,
+                    "budget": s.budget.as_dict(),
+                }
                 for name, s in services.items()
             },
             "requests": {name: {"total": s.requests, "failures": s.failures} for name, s in services.items()},

@@ -14,6 +14,7 @@ from .events import EventBus
 from .resilience.breaker import CircuitBreaker
 from .resilience.budget import RetryBudget
 from .resilience.bulkhead import Bulkhead
+from .resilience.hedge import LatencyWindow
 from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
 
@@ -32,6 +33,8 @@ class ServiceState:
         "bulkhead",
         "failures",
         "fallback_enabled",
+        "hedges",
+        "latency",
         "name",
         "policy",
         "requests",
@@ -69,18 +72,12 @@ class ServiceState:
         self.attempt_timeout = None if timeout == default_timeout else httpx.Timeout(timeout)
         self.fallback_enabled = policy.circuit_breaker.fallback_enabled
         self.retry_statuses = frozenset(policy.retry.retry_on_status)
+        self.latency = LatencyWindow() if retry.hedge_delay == "p95" else None
+        self.hedges = 0
         self.requests = 0
         self.failures = 0
         self.retries = 0
         self.retries_exhausted = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "failures": self.failures,
-            "retries": self.retries,
-            "retries_exhausted": self.retries_exhausted,
-        }
 
 
 class ServiceRegistry:

@@ -78,7 +78,11 @@ class BalancerTransport(httpx.AsyncBaseTransport):
         except BaseException:  # cancelled (the caller or the deadline gave up), or a bug: no verdict
             state.in_flight -= 1
             raise
-        balancer.record(state, response.status_code < 500, clock.now() - start)
+        elapsed = clock.now() - start
+        ok = response.status_code < 500
+        balancer.record(state, ok, elapsed)
+        if ok and ctx.service.latency is not None:
+            ctx.service.latency.add(elapsed)
         if ctx.stream:
             response.stream = _ReleasingStream(response.stream, state)  # type: ignore[arg-type]
         else:

@@ -18,6 +18,7 @@ from ..context import EXTENSION, CallContext
 from ..errors import MeshError, UpstreamUnavailable
 from ..events import RETRY_ATTEMPT, RETRY_MAX_REACHED, EventBus, RetryEvent
 from .backoff import backoff_delay, parse_retry_after
+from .hedge import hedged
 
 __all__ = ["IDEMPOTENT_METHODS", "RetryTransport"]
 
@@ -53,12 +54,22 @@ class RetryTransport(httpx.AsyncBaseTransport):
         replayable = isinstance(request.stream, httpx.ByteStream)
         budget = service.budget
         budget.record_request()
+        hedge_delay = self._hedge_delay(ctx) if idempotent and replayable else None
         delay = 0.0
         while True:
             ctx.attempts += 1
             attempt = ctx.attempts
             try:
-                response = await self._inner.handle_async_request(request)
+                if hedge_delay is None:
+                    response = await self._inner.handle_async_request(request)
+                else:
+                    response = await hedged(
+                        self._inner.handle_async_request,
+                        request,
+                        hedge_delay,
+                        lambda: self._allow_hedge(ctx, request.method),
+                        lambda r: r.status_code not in service.retry_statuses,
+                    )
             except MeshError:
                 raise
             except httpx.TransportError as exc:
@@ -93,6 +104,29 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 return response
             await response.aclose()
             await self._pause(ctx, request.method, attempt, delay, reason)
+
+    @staticmethod
+    def _hedge_delay(ctx: CallContext) -> float | None:
+        """Seconds before a hedge for this call, or None: no hedging (off, streamed, or p95 not known yet)."""
+        setting = ctx.service.policy.retry.hedge_delay
+        if setting is None or ctx.stream:
+            return None
+        if setting == "p95":
+            latency = ctx.service.latency
+            return latency.p95 if latency is not None else None
+        return setting
+
+    def _allow_hedge(self, ctx: CallContext, method: str) -> bool:
+        """A hedge is an extra attempt: it needs the retry budget's consent."""
+        if not ctx.service.budget.try_withdraw():
+            return False
+        ctx.attempts += 1
+        ctx.service.hedges += 1
+        if self._events.wants(RETRY_ATTEMPT):
+            self._events.emit(
+                RETRY_ATTEMPT, RetryEvent(ctx.service.name, method, ctx.attempts, 0.0, "hedge", _context(ctx, method))
+            )
+        return True
 
     def _refusal(self, ctx: CallContext, attempt: int, max_attempts: int, delay: float) -> str | None:
         """Why no retry may follow attempt number ``attempt``, or None (and one retry is withdrawn)."""

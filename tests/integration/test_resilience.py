@@ -245,3 +245,48 @@ async def test_upstream_unavailable_carries_the_last_transport_error() -> None:
         with pytest.raises(UpstreamUnavailable, match="after 2 attempt") as info:
             await client.get("svc", "/x")
     assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+async def test_hedge_goes_to_another_endpoint_and_the_first_good_answer_wins(fleet: Fleet) -> None:
+    """With hedge_delay=50ms a GET stuck on a slow replica is answered by a hedge to a fast one."""
+    slow, fast = await fleet.start(2)
+    slow.mode = "hang"
+    seen: list[str] = []
+    settings = settings_for([slow.url, fast.url], retry={"max_retries": 0, "hedge_delay": "50ms"})
+    async with MeshClient(settings) as client:
+        client.on("service-mesh:retry:attempt", lambda e: seen.append(e.reason))
+        response = await client.get("svc", "/x")
+        metrics = client.get_metrics()
+        in_flight = [e["in_flight"] for e in metrics["load_balancer"]["svc"]["endpoints"]]
+    assert response.json()["replica"] == fast.name
+    assert (slow.total, fast.total) == (1, 1)
+    assert seen == ["hedge"]
+    assert metrics["retry"]["svc"]["hedges"] == 1
+    assert in_flight == [0, 0]  # the losing attempt was cancelled and gave its slot back
+
+
+async def test_posts_are_never_hedged(fleet: Fleet) -> None:
+    """A POST without Idempotency-Key waits for its one attempt: no hedge is sent."""
+    slow, fast = await fleet.start(2)
+    slow.mode = "slow"
+    slow.delay = 0.2
+    settings = settings_for([slow.url, fast.url], retry={"max_retries": 0, "hedge_delay": "20ms"})
+    async with MeshClient(settings) as client:
+        response = await client.post("svc", "/orders", json={})
+    assert response.json()["replica"] == slow.name
+    assert fast.total == 0
+
+
+async def test_p95_hedging_waits_for_enough_samples(fleet: Fleet) -> None:
+    """hedge_delay="p95" hedges only once the service's latency has been observed."""
+    first, second = await fleet.start(2)
+    settings = settings_for([first.url, second.url], retry={"max_retries": 0, "hedge_delay": "p95"})
+    async with MeshClient(settings) as client:
+        for _ in range(30):
+            await client.get("svc", "/x")
+        assert client.get_metrics()["retry"]["svc"]["hedges"] == 0
+        first.mode = "hang"
+        response = await client.get("svc", "/x")  # round robin: the hanging replica's turn
+        hedges = client.get_metrics()["retry"]["svc"]["hedges"]
+    assert response.json()["replica"] == second.name
+    assert hedges == 1
