@@ -24,7 +24,10 @@ def main() -> None:
     print(table)
     if quick:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, httpx {httpx.__version__}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"httpx {httpx.__version__}"
+    )
     OUTPUT.write_text(
         f"""# Benchmarks
 
