@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -52,6 +53,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
         max_attempts = 1 + config.max_retries
         idempotent = request.method in IDEMPOTENT_METHODS or IDEMPOTENCY_HEADER in request.headers
         replayable = isinstance(request.stream, httpx.ByteStream)
+        if not replayable and max_attempts > 1 and config.max_body_bytes > 0:
+            replayable = await _buffer_body(request, config.max_body_bytes)
         budget = service.budget
         budget.record_request()
         hedge_delay = self._hedge_delay(ctx) if idempotent and replayable else None
@@ -160,6 +163,45 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _PrefixedStream(httpx.AsyncByteStream):
+    """A streamed body whose first chunks were already read while trying to buffer it."""
+
+    def __init__(self, prefix: list[bytes], rest: AsyncIterator[bytes], inner: httpx.AsyncByteStream) -> None:
+        self._prefix = prefix
+        self._rest = rest
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._prefix:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _buffer_body(request: httpx.Request, limit: int) -> bool:
+    """Read a streamed request body into memory when it is at most ``limit`` bytes, so it can be sent again.
+
+    Returns True when the body is now replayable; a larger body is sent as it streams, once, and not retried.
+    """
+    stream = request.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        return False
+    chunks: list[bytes] = []
+    size = 0
+    iterator = stream.__aiter__()
+    async for chunk in iterator:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            request.stream = _PrefixedStream(chunks, iterator, stream)
+            return False
+    request.stream = httpx.ByteStream(b"".join(chunks))
+    return True
 
 
 def _context(ctx: CallContext, method: str) -> str:

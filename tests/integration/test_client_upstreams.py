@@ -204,3 +204,30 @@ async def test_mesh_errors_are_httpx_transport_errors() -> None:
     """Code written for httpx keeps working: every MeshError is an httpx.TransportError."""
     assert issubclass(MeshError, httpx.TransportError)
     assert issubclass(DeadlineExceeded, httpx.TimeoutException)
+
+
+async def _chunks(parts: list[bytes]) -> Any:
+    for part in parts:
+        yield part
+
+
+async def test_small_streamed_body_is_buffered_and_retried(fleet: Fleet) -> None:
+    """A streamed PUT body under retry.max_body_bytes is buffered, so a dropped attempt can be retried."""
+    dropper, good = await fleet.start(2)
+    dropper.mode = "drop"
+    settings = settings_for([dropper.url, good.url], retry={"max_retries": 1, "initial_delay": 0, "max_body_bytes": 64})
+    async with MeshClient(settings) as client:
+        response = await client.put("user-service", "/doc", content=_chunks([b"abc", b"def"]))
+    assert response.json()["replica"] == good.name
+    assert (dropper.bodies, good.bodies) == ([b"abcdef"], [b"abcdef"])
+
+
+async def test_large_streamed_body_is_sent_once_and_not_retried(fleet: Fleet) -> None:
+    """A streamed body over retry.max_body_bytes goes out whole, once; its failure is not retried."""
+    dropper, good = await fleet.start(2)
+    dropper.mode = "drop"
+    settings = settings_for([dropper.url, good.url], retry={"max_retries": 1, "initial_delay": 0, "max_body_bytes": 4})
+    async with MeshClient(settings) as client:
+        with pytest.raises(UpstreamUnavailable):
+            await client.put("user-service", "/doc", content=_chunks([b"abc", b"def", b"ghi"]))
+    assert (dropper.bodies, good.bodies) == ([b"abcdefghi"], [])
