@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from .._headers import set_header
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import MeshError
@@ -61,7 +62,7 @@ class BalancerTransport(httpx.AsyncBaseTransport):
         ctx.endpoint = state
         ctx.tried.append(state)
         request.url = _point_at(request.url, state)
-        request.headers["host"] = state.endpoint.host_header
+        set_header(request.headers, b"host", state.endpoint.host_header_bytes)
         state.in_flight += 1
         balancer = ctx.service.balancer
         clock = self._clock

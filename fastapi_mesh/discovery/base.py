@@ -22,7 +22,7 @@ class Endpoint:
     ('10.0.0.1', 8080, '10.0.0.1:8080')
     """
 
-    __slots__ = ("host", "host_header", "metadata", "port", "scheme", "url", "weight", "zone")
+    __slots__ = ("host", "host_header", "host_header_bytes", "metadata", "port", "scheme", "url", "weight", "zone")
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class Endpoint:
         default = _DEFAULT_PORTS[self.scheme]
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = netloc if explicit in (None, default) else f"{netloc}:{explicit}"
+        self.host_header_bytes = self.host_header.encode("ascii")
         self.weight = weight
         self.metadata: Mapping[str, str] = dict(metadata or {})
         self.zone = zone

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import httpx
 
+from .._headers import set_header
 from ..clock import Clock
 from ..context import DEADLINE_HEADER, EXTENSION, CallContext
 from ..errors import DeadlineExceeded
 
 __all__ = ["AttemptTransport"]
+
+_DEADLINE_HEADER_BYTES = DEADLINE_HEADER.encode("ascii")
 
 
 class AttemptTransport(httpx.AsyncBaseTransport):
@@ -40,7 +43,7 @@ class AttemptTransport(httpx.AsyncBaseTransport):
                 request.extensions["timeout"] = {
                     "connect": remaining, "read": remaining, "write": remaining, "pool": remaining
                 }
-            request.headers[DEADLINE_HEADER] = str(max(1, int(remaining * 1000)))
+            set_header(request.headers, _DEADLINE_HEADER_BYTES, b"%d" % max(1, int(remaining * 1000)))
         response = await self._inner.handle_async_request(request)
         if ctx.stream or isinstance(response.stream, httpx.ByteStream):
             return response
