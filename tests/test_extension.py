@@ -148,6 +148,8 @@ async def test_metrics_parse_and_hold_process_gc_and_mesh_families() -> None:
     assert expected <= set(families)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in families["mesh_upstream_requests"].samples}
     assert samples[("mesh_upstream_requests_total", (("outcome", "success"), ("service", "user-service")))] == 1
+    states = {s.labels["state"]: s.value for s in families["mesh_circuit_breaker_state"].samples}
+    assert states == {"closed": 1, "open": 0, "half-open": 0, "forced-open": 0, "disabled": 0}
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is installed by `make test`")

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MeshCollector", "build_registry"]
 
+BREAKER_STATES = ("closed", "open", "half-open", "forced-open", "disabled")
+
 
 class MeshCollector(Collector):
     """Reads the client's per-service and per-endpoint state when Prometheus scrapes."""
@@ -49,7 +51,34 @@ class MeshCollector(Collector):
             "Moving average of attempt latency per endpoint",
             labels=["service", "endpoint"],
         )
+        breaker_state = GaugeMetricFamily(
+            "mesh_circuit_breaker_state",
+            "1 for the state each service's circuit breaker is in, 0 for the others",
+            labels=["service", "state"],
+        )
+        breaker_trips = CounterMetricFamily(
+            "mesh_circuit_breaker_trips", "Times each service's breaker opened", labels=["service"]
+        )
+        ejected = GaugeMetricFamily(
+            "mesh_outlier_ejected_endpoints", "Endpoints ejected as outliers now", labels=["service"]
+        )
+        budget_refused = CounterMetricFamily(
+            "mesh_retry_budget_exhausted", "Retries refused because the retry budget was spent", labels=["service"]
+        )
+        hedges = CounterMetricFamily("mesh_upstream_hedges", "Hedged attempts sent", labels=["service"])
+        bulkhead_rejected = CounterMetricFamily(
+            "mesh_bulkhead_rejected", "Calls refused by the service bulkhead", labels=["service"]
+        )
         for name, state in services.items():
+            current = state.breaker.state
+            for breaker_state_name in BREAKER_STATES:
+                breaker_state.add_metric([name, breaker_state_name], 1.0 if current == breaker_state_name else 0.0)
+            breaker_trips.add_metric([name], state.breaker.as_dict()["trips"])
+            ejected.add_metric([name], state.balancer.outlier.ejected_count())
+            budget_refused.add_metric([name], state.budget.exhausted_count)
+            hedges.add_metric([name], state.hedges)
+            if state.bulkhead is not None:
+                bulkhead_rejected.add_metric([name], state.bulkhead.rejected)
             requests.add_metric([name, "success"], state.requests - state.failures)
             requests.add_metric([name, "failure"], state.failures)
             retries.add_metric([name], state.retries)
@@ -61,6 +90,7 @@ class MeshCollector(Collector):
                 in_flight.add_metric([name, endpoint.url], endpoint.in_flight)
                 ewma.add_metric([name, endpoint.url], endpoint.ewma)
         yield from (requests, retries, exhausted, endpoints, in_flight, ewma)
+        yield from (breaker_state, breaker_trips, ejected, budget_refused, hedges, bulkhead_rejected)
 
 
 def build_registry(client: MeshClient) -> CollectorRegistry:
