@@ -42,9 +42,17 @@ def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
     mtls = settings.mtls
     if not mtls.enabled:
         return True
-    context = ssl.create_default_context(cafile=mtls.ca_path)
+    try:
+        context = ssl.create_default_context(cafile=mtls.ca_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"mtls.ca_path: cannot load the CA bundle {mtls.ca_path!r}: {exc}") from exc
     assert mtls.cert_path is not None
-    context.load_cert_chain(mtls.cert_path, mtls.key_path)
+    try:
+        context.load_cert_chain(mtls.cert_path, mtls.key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
+        ) from exc
     return context
 
 

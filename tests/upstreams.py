@@ -21,8 +21,9 @@ START_TIMEOUT = 5.0
 class Replica:
     """One upstream server. Counts the requests it received per (method, path)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **server_options: Any) -> None:
         self.name = name
+        self.server_options = server_options
         self.mode = "ok"
         self.status_code = 503
         self.delay = 0.0
@@ -36,7 +37,8 @@ class Replica:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "ssl_certfile" in self.server_options else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def total(self) -> int:
@@ -70,7 +72,9 @@ class Replica:
         await send({"type": "http.response.body", "body": data})
 
     async def start(self) -> None:
-        config = uvicorn.Config(self, host="127.0.0.1", port=0, log_level="critical", lifespan="off")
+        config = uvicorn.Config(
+            self, host="127.0.0.1", port=0, log_level="critical", lifespan="off", **self.server_options
+        )
         self.server = server = uvicorn.Server(config)
         self.task = asyncio.create_task(server.serve())
         async with asyncio.timeout(START_TIMEOUT):
@@ -103,8 +107,8 @@ class Fleet:
     def __init__(self) -> None:
         self.replicas: list[Replica] = []
 
-    async def start(self, count: int, prefix: str = "r") -> list[Replica]:
-        started = [Replica(f"{prefix}{len(self.replicas) + i + 1}") for i in range(count)]
+    async def start(self, count: int, prefix: str = "r", **server_options: Any) -> list[Replica]:
+        started = [Replica(f"{prefix}{len(self.replicas) + i + 1}", **server_options) for i in range(count)]
         await asyncio.gather(*(r.start() for r in started))
         self.replicas.extend(started)
         return started
