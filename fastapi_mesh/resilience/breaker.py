@@ -33,7 +33,7 @@ import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen
+from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, NoHealthyEndpoints
 from ..events import EventBus
 from ..settings import CircuitBreakerConfig
 
@@ -447,8 +447,9 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
     call on and record its outcome.
 
     Failures: a response whose status is in ``failure_on_status`` (5xx by default), or no response at all
-    (``httpx.TransportError``, which includes the ``MeshError``s ``UpstreamUnavailable``, ``DeadlineExceeded``
-    and ``NoHealthyEndpoints``). Any other response is a success, 4xx included. ``BulkheadFull`` and
+    (``httpx.TransportError``, which includes the ``MeshError``s ``UpstreamUnavailable`` and
+    ``DeadlineExceeded``). Any other response is a success, 4xx included. ``NoHealthyEndpoints`` (nothing to
+    send to: the balancer's concern, and the error an unknown service must keep giving), ``BulkheadFull`` and
     ``AuthorizationDenied`` (the mesh's own limits and rules), cancellation, and any other exception record
     nothing and give back a half-open slot.
     """
@@ -469,7 +470,7 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         start = clock.now()
         try:
             response = await self._inner.handle_async_request(request)
-        except (BulkheadFull, AuthorizationDenied):  # our own limits and rules, not the service failing
+        except (NoHealthyEndpoints, BulkheadFull, AuthorizationDenied):  # not the service failing
             breaker.record_ignored()
             raise
         except httpx.TransportError:

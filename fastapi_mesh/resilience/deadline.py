@@ -12,7 +12,12 @@ from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import DeadlineExceeded
 
-__all__ = ["DeadlineTransport"]
+__all__ = ["DEADLINE_GRACE", "DeadlineTransport"]
+
+#: The call's timer fires this long after the deadline. Per-attempt timeouts are capped at the deadline, so
+#: a slow attempt normally ends by its own httpx timeout first, as a failure the breaker and the outlier
+#: detector count; the timer is the backstop (a body trickling in, a queue), cancelling whatever runs.
+DEADLINE_GRACE = 0.02
 
 
 class DeadlineTransport(httpx.AsyncBaseTransport):
@@ -37,7 +42,7 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
             raise DeadlineExceeded(ctx.service.name, "the deadline had passed before the call", request=request)
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + remaining) as scope:
+            async with asyncio.timeout_at(loop.time() + remaining + DEADLINE_GRACE) as scope:
                 return await self._inner.handle_async_request(request)
         except TimeoutError as exc:
             if scope.expired():

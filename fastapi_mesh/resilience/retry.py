@@ -16,7 +16,7 @@ import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import MeshError, UpstreamUnavailable
+from ..errors import DeadlineExceeded, MeshError, UpstreamUnavailable
 from ..events import RETRY_ATTEMPT, RETRY_MAX_REACHED, EventBus, RetryEvent
 from .backoff import backoff_delay, parse_retry_after
 from .hedge import hedged
@@ -28,6 +28,8 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 #: Failures after which the request provably never reached the upstream: safe to retry any method.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+#: An attempt timeout this close to the deadline is taken as the deadline expiring (timers are not exact).
+DEADLINE_SLACK = 0.005
 
 
 class RetryTransport(httpx.AsyncBaseTransport):
@@ -86,6 +88,13 @@ class RetryTransport(httpx.AsyncBaseTransport):
                         continue
                     self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
                 endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
+                if isinstance(exc, httpx.TimeoutException) and self._past_deadline(ctx):
+                    raise DeadlineExceeded(
+                        service.name,
+                        f"{reason} after {attempt} attempt(s): the call's deadline passed",
+                        endpoint=endpoint,
+                        request=request,
+                    ) from exc
                 raise UpstreamUnavailable(
                     service.name,
                     f"{reason} after {attempt} attempt(s): {exc}".rstrip(": "),
@@ -130,6 +139,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 RETRY_ATTEMPT, RetryEvent(ctx.service.name, method, ctx.attempts, 0.0, "hedge", _context(ctx, method))
             )
         return True
+
+    def _past_deadline(self, ctx: CallContext) -> bool:
+        """Whether the call's deadline has (all but) passed: a timeout then is the deadline's doing."""
+        return ctx.deadline is not None and self._clock.now() >= ctx.deadline - DEADLINE_SLACK
 
     def _refusal(self, ctx: CallContext, attempt: int, max_attempts: int, delay: float) -> str | None:
         """Why no retry may follow attempt number ``attempt``, or None (and one retry is withdrawn)."""

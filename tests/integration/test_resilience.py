@@ -137,7 +137,7 @@ async def test_breaker_opens_sends_nothing_half_opens_and_closes(fleet: Fleet) -
 
 
 async def test_calls_never_return_later_than_deadline_plus_50ms(fleet: Fleet) -> None:
-    """Against a hanging upstream, each call ends within its deadline + 50 ms."""
+    """Against a hanging upstream, each call ends within its deadline + 50 ms, and counts as a failure."""
     (hanging,) = await fleet.start(1)
     hanging.mode = "hang"
     async with MeshClient(settings_for([hanging.url], retry={"max_retries": 3})) as client:
@@ -147,7 +147,11 @@ async def test_calls_never_return_later_than_deadline_plus_50ms(fleet: Fleet) ->
             with pytest.raises(DeadlineExceeded):
                 await client.get("svc", "/hang", deadline=deadline)
             overruns.append(time.perf_counter() - start - deadline)
+        calls, failures, _ = client.circuit_breaker("svc").window()
+        endpoint = client.get_metrics()["load_balancer"]["svc"]["endpoints"][0]
     assert max(overruns) <= 0.05
+    assert (calls, failures) == (4, 4)
+    assert endpoint["failures"] == 4
 
 
 async def test_service_bulkhead_rejects_beyond_its_limit(fleet: Fleet) -> None:

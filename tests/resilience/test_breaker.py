@@ -510,32 +510,34 @@ async def test_transport_4xx_is_not_a_failure() -> None:
 
 @pytest.mark.anyio
 async def test_transport_mesh_errors_are_failures() -> None:
-    """UpstreamUnavailable, DeadlineExceeded and NoHealthyEndpoints count as failures."""
+    """UpstreamUnavailable and DeadlineExceeded count as failures."""
     clock = ManualClock()
-    service = StandInService("user-service", make(clock, failure_threshold=3, failure_threshold_percentage=100))
+    service = StandInService("user-service", make(clock, failure_threshold=2, failure_threshold_percentage=100))
     upstream = Upstream(clock)
-    errors: list[MeshError] = [
-        UpstreamUnavailable("user-service"),
-        DeadlineExceeded("user-service"),
-        NoHealthyEndpoints("user-service"),
-    ]
+    errors: list[MeshError] = [UpstreamUnavailable("user-service"), DeadlineExceeded("user-service")]
     upstream.script = list(errors)
     transport = layer(clock, upstream)
     for error in errors:
         with pytest.raises(type(error)):
             await transport.handle_async_request(mesh_request(service))
     await transport.aclose()
-    assert (service.breaker.state, service.breaker.window()) == ("open", (3, 3, 0))
+    assert (service.breaker.state, service.breaker.window()) == ("open", (2, 2, 0))
 
 
 @pytest.mark.anyio
 async def test_transport_own_limits_are_not_service_failures() -> None:
-    """BulkheadFull and AuthorizationDenied are the mesh's own limits: they record nothing."""
+    """NoHealthyEndpoints, BulkheadFull and AuthorizationDenied are not the service failing: nothing recorded."""
     clock = ManualClock()
     service = StandInService("user-service", make(clock, failure_threshold=1, failure_threshold_percentage=100))
     upstream = Upstream(clock)
-    upstream.script = [BulkheadFull("user-service"), AuthorizationDenied("user-service")]
+    upstream.script = [
+        NoHealthyEndpoints("user-service"),
+        BulkheadFull("user-service"),
+        AuthorizationDenied("user-service"),
+    ]
     transport = layer(clock, upstream)
+    with pytest.raises(NoHealthyEndpoints):
+        await transport.handle_async_request(mesh_request(service))
     with pytest.raises(BulkheadFull):
         await transport.handle_async_request(mesh_request(service))
     with pytest.raises(AuthorizationDenied):
