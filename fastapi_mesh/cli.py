@@ -14,13 +14,16 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from . import __version__
+from .discovery import build_discovery
 from .settings import MeshSettings
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastapi-mesh", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="fastapi-mesh", description="Check fastapi-mesh settings and show the effective policy per service."
+    )
     parser.add_argument("--version", action="version", version=f"fastapi-mesh {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="validate the MESH_* settings and print them as JSON")
@@ -33,6 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid mesh settings: {exc}", file=sys.stderr)
         return 1
     if args.command == "check":
+        try:
+            build_discovery(settings)
+        except (NotImplementedError, ValueError) as exc:
+            print(f"invalid mesh settings: discovery.backend: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps(settings.model_dump(mode="json"), indent=2))
     else:
         print(json.dumps(settings.for_service(args.service).model_dump(mode="json"), indent=2))

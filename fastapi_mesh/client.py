@@ -53,14 +53,17 @@ class _Runtime:
         self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
         self.http: httpx.AsyncClient | None = None
         self.discovery_started = False
+        self.closed = False
 
     def _watch(self, service: str) -> None:
         if self.discovery_started:
             self.discovery.watch(service)
 
     async def start(self) -> httpx.AsyncClient:
+        """Start (again, after ``stop``): connection pool, discovery, health checks."""
         if self.http is not None:
             return self.http
+        self.closed = False
         pool = self.user_transport or build_connection_pool(self.settings)
         stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
         self.http = http = httpx.AsyncClient(
@@ -76,7 +79,17 @@ class _Runtime:
         await self.health.start()
         return http
 
+    async def lazy_start(self) -> httpx.AsyncClient:
+        """The first call of a client nobody started starts it; a closed one stays closed."""
+        if self.closed:
+            raise RuntimeError(
+                "this MeshClient is closed (its lifespan ended or aclose() was called); "
+                "start it again with `await client.initialize()` or `async with client:`"
+            )
+        return await self.start()
+
     async def stop(self) -> None:
+        self.closed = True
         http, self.http = self.http, None
         await self.health.stop()
         if self.discovery_started:
@@ -220,7 +233,7 @@ class MeshClient:
         ``fallback`` answers when the mesh cannot (a value, a Response, or a callable taking the error);
         ``affinity_key`` pins the call for session affinity and ``ip-hash``."""
         rt = self._rt
-        http = rt.http if rt.http is not None else await rt.start()
+        http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
         clock = rt.clock
         start = clock.now()
@@ -243,6 +256,7 @@ class MeshClient:
                 )
                 return await call_fallback(fallback, error, response.request)
         else:
+            state.successes += 1
             self._emit(REQUEST_SUCCESS, ctx, method, status, clock.now() - start, None)
         return response
 
@@ -276,12 +290,24 @@ class MeshClient:
         """Like ``httpx.AsyncClient.stream``: the body is not read; the endpoint's slot is held until the
         stream closes. The deadline covers getting the response head, not reading the body."""
         rt = self._rt
-        http = rt.http if rt.http is not None else await rt.start()
+        http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
         ctx.stream = True
         state.requests += 1
-        async with http.stream(method, url, **kwargs) as response:
+        try:
+            stream = http.stream(method, url, **kwargs)
+            response = await stream.__aenter__()
+        except MeshError:
+            state.failures += 1
+            raise
+        if response.status_code >= 500:
+            state.failures += 1
+        else:
+            state.successes += 1
+        try:
             yield response
+        finally:
+            await stream.__aexit__(None, None, None)
 
     async def get(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", service, path, **kwargs)
@@ -343,7 +369,10 @@ class MeshClient:
                 }
                 for name, s in services.items()
             },
-            "requests": {name: {"total": s.requests, "failures": s.failures} for name, s in services.items()},
+            "requests": {
+                name: {"total": s.requests, "successes": s.successes, "failures": s.failures}
+                for name, s in services.items()
+            },
         }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ENDPOINTS_CHANGED",
     "REQUEST_FAILURE",
     "REQUEST_SUCCESS",
     "RETRY_ATTEMPT",

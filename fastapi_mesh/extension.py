@@ -140,7 +140,14 @@ class Mesh:
         fallback: Any = MISSING,
     ) -> Callable[[F], F]:
         """A route policy; goes under ``@app.get(...)``. See ``fastapi_mesh.resilience.policy``."""
-        return RoutePolicy(clock=self.clock, timeout=timeout, bulkhead=bulkhead, queue=queue, fallback=fallback)
+        return RoutePolicy(
+            clock=self.clock,
+            service_name=self.settings.service_name,
+            timeout=timeout,
+            bulkhead=bulkhead,
+            queue=queue,
+            fallback=fallback,
+        )
 
     # --------------------------------------------------------------------------------------- extras
 

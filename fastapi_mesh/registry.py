@@ -10,7 +10,7 @@ import httpx
 from .balancing.balancer import Balancer
 from .clock import Clock
 from .discovery.base import Endpoint
-from .events import EventBus
+from .events import ENDPOINTS_CHANGED, EndpointsChanged, EventBus
 from .resilience.breaker import CircuitBreaker
 from .resilience.budget import RetryBudget
 from .resilience.bulkhead import Bulkhead
@@ -41,6 +41,7 @@ class ServiceState:
         "retries",
         "retries_exhausted",
         "retry_statuses",
+        "successes",
     )
 
     def __init__(
@@ -75,6 +76,7 @@ class ServiceState:
         self.latency = LatencyWindow() if retry.hedge_delay == "p95" else None
         self.hedges = 0
         self.requests = 0
+        self.successes = 0
         self.failures = 0
         self.retries = 0
         self.retries_exhausted = 0
@@ -114,3 +116,5 @@ class ServiceRegistry:
     def publish(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         """Discovery's callback: ``name`` now has exactly ``endpoints``."""
         self.get(name).balancer.update(endpoints)
+        if self._events.wants(ENDPOINTS_CHANGED):
+            self._events.emit(ENDPOINTS_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))

@@ -116,3 +116,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exc_info.value.code == 0
     assert capsys.readouterr().out == f"fastapi-mesh {__version__}\n"
+
+
+def test_check_reports_an_unavailable_discovery_backend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check` fails naming discovery.backend when the chosen backend cannot be built."""
+    monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "consul")
+    assert main(["check"]) == 1
+    assert "discovery.backend" in capsys.readouterr().err

@@ -475,3 +475,40 @@ async def test_middleware_records_the_caller_for_direct_client_use() -> None:
     async with serve(app) as http:
         sent = (await http.get("/direct", headers={"grpc-timeout": "250m"})).json()
     assert 0 < sent <= 250
+
+
+async def test_critical_check_failing_from_the_start_fails_readiness_at_once() -> None:
+    """A critical check that has never passed fails readiness without waiting for failure_threshold."""
+    mesh = make_mesh(health_check={"failure_threshold": 3})
+    mesh.add_health_check("db", lambda: False)
+    async with serve(gateway(mesh)) as http:
+        ready = await http.get("/health/ready")
+    assert (ready.status_code, ready.json()["checks"]["db"]["consecutive_failures"]) == (503, 1)
+
+
+async def test_a_closed_client_refuses_calls_until_started_again() -> None:
+    """After its lifespan ends the client does not restart by itself; initialize() brings it back."""
+    mesh = make_mesh()
+    async with serve(gateway(mesh)):
+        await mesh.client.get("user-service", "/x")
+    with pytest.raises(RuntimeError, match="closed"):
+        await mesh.client.get("user-service", "/x")
+    assert mesh.health.readiness()["status"] == "unhealthy"
+    await mesh.client.initialize()
+    try:
+        assert (await mesh.client.get("user-service", "/x")).status_code == 200
+    finally:
+        await mesh.client.aclose()
+
+
+async def test_endpoint_changes_are_announced() -> None:
+    """Discovery publishing a new set emits endpoints-changed with the service and the URLs."""
+    mesh = make_mesh()
+    seen: list[Any] = []
+    mesh.on("endpoints-changed", seen.append)
+    async with serve(gateway(mesh)):
+        mesh.client.discovery.set_endpoints("user-service", ["http://10.0.0.9:80"])  # type: ignore[attr-defined]
+    assert [(e.service, e.endpoints) for e in seen] == [
+        ("user-service", ("http://10.0.0.1:8080",)),
+        ("user-service", ("http://10.0.0.9:80",)),
+    ]

@@ -1,8 +1,9 @@
 """Kubernetes-style liveness, readiness and startup, from checks that run in the background.
 
-Probes never run checks themselves: they answer from the last results, so a slow dependency cannot make a
-probe time out. A check fails a probe only after ``health_check.failure_threshold`` failures in a row, and
-only when it is ``critical``; a failing non-critical check makes the status ``degraded`` (still 200).
+Probes never run checks themselves: they answer from the last results, so a slow dependency cannot make
+a probe time out. A check fails a probe after ``health_check.failure_threshold`` failures in a row (at
+once if it has never passed), and only when it is ``critical``; a failing non-critical check makes the
+status ``degraded`` (still 200).
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
 
 class _Check:
-    __slots__ = ("consecutive_failures", "critical", "fn", "kind", "last_error", "last_run", "name", "passed")
+    __slots__ = (
+        "consecutive_failures",
+        "critical",
+        "ever_passed",
+        "fn",
+        "kind",
+        "last_error",
+        "last_run",
+        "name",
+        "passed",
+    )
 
     def __init__(self, name: str, fn: HealthCheckFn, kind: CheckKind, critical: bool) -> None:
         self.name = name
@@ -38,6 +49,7 @@ class _Check:
         self.critical = critical
         self.consecutive_failures = 0
         self.passed: bool | None = None
+        self.ever_passed = False
         self.last_error: str | None = None
         self.last_run: float | None = None
 
@@ -103,6 +115,7 @@ class HealthManager:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         check.last_run = self._clock.now()
         check.passed = ok
+        check.ever_passed = check.ever_passed or ok
         check.last_error = error
         check.consecutive_failures = 0 if ok else check.consecutive_failures + 1
 
@@ -158,7 +171,10 @@ class HealthManager:
         threshold = self.config.failure_threshold
         failing = [c for c in self._checks.values() if c.kind == kind and c.consecutive_failures > 0]
         status = HEALTHY
-        if reason is not None or any(c.critical and c.consecutive_failures >= threshold for c in failing):
+        # failure_threshold guards against flapping; a critical check that has never passed fails at once.
+        if reason is not None or any(
+            c.critical and (c.consecutive_failures >= threshold or not c.ever_passed) for c in failing
+        ):
             status = UNHEALTHY
         elif failing:
             status = DEGRADED

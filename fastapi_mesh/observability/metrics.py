@@ -34,7 +34,9 @@ class MeshCollector(Collector):
         yield info
         services = self._client._rt.registry.services
         requests = CounterMetricFamily(
-            "mesh_upstream_requests", "Calls to upstream services, by final outcome", labels=["service", "outcome"]
+            "mesh_upstream_requests",
+            "Finished calls to upstream services, by final outcome (streams: when the response head arrives)",
+            labels=["service", "outcome"],
         )
         retries = CounterMetricFamily("mesh_upstream_retries", "Retries made", labels=["service"])
         exhausted = CounterMetricFamily(
@@ -79,7 +81,7 @@ class MeshCollector(Collector):
             hedges.add_metric([name], state.hedges)
             if state.bulkhead is not None:
                 bulkhead_rejected.add_metric([name], state.bulkhead.rejected)
-            requests.add_metric([name, "success"], state.requests - state.failures)
+            requests.add_metric([name, "success"], state.successes)
             requests.add_metric([name, "failure"], state.failures)
             retries.add_metric([name], state.retries)
             exhausted.add_metric([name], state.retries_exhausted)

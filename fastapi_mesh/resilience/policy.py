@@ -69,12 +69,14 @@ class RoutePolicy:
         self,
         *,
         clock: Clock,
+        service_name: str = "app",
         timeout: float | str | None = None,
         bulkhead: int | None = None,
         queue: int = 0,
         fallback: Any = MISSING,
     ) -> None:
         self._clock = clock
+        self._service_name = service_name
         self.timeout: float | None = None
         if timeout is not None:
             value = parse_duration(timeout)
@@ -162,8 +164,9 @@ class RoutePolicy:
                 return await run_in_threadpool(handler, *args, **kwargs)
         except TimeoutError as exc:
             if scope.expired():
+                route = request.url.path if request is not None else getattr(handler, "__name__", "route")
                 raise DeadlineExceeded(
-                    getattr(handler, "__name__", "route"), f"route timeout of {remaining:.3f}s passed"
+                    self._service_name, f"route {route}: its {remaining:.3f}s deadline passed"
                 ) from exc
             raise
         finally:
