@@ -55,6 +55,7 @@ ROUTES = (
     "/health/ready",
     "/health/startup",
     "/metrics",
+    "/mesh/status",
 )
 """The gateway URLs worth trying, listed by ``GET /`` and by ``python -m example_app``."""
 
