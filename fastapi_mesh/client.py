@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from .clock import Clock, MonotonicClock
-from .context import EXTENSION, CallContext, InboundContext, current_inbound, current_route_deadline
+from .context import EXTENSION, CallContext, InboundContext, _inbound, _route_deadline
 from .discovery import Discovery, build_discovery
 from .errors import MeshError
 from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
@@ -188,8 +188,9 @@ class MeshClient:
     ) -> tuple[ServiceState, CallContext, str]:
         rt = self._rt
         state = rt.registry.get(service)
-        inbound = self._inbound if self._inbound is not None else current_inbound()
-        ctx = CallContext(state, self._deadline(state, deadline, inbound), inbound, affinity_key)
+        inbound = self._inbound if self._inbound is not None else _inbound.get()
+        ctx = CallContext(state, None, inbound, affinity_key)
+        self._deadline(ctx, deadline, inbound)
         extensions = kwargs.get("extensions")
         kwargs["extensions"] = {**extensions, EXTENSION: ctx} if extensions else {EXTENSION: ctx}
         if state.attempt_timeout is not None and "timeout" not in kwargs:
@@ -203,19 +204,26 @@ class MeshClient:
             path = "/" + path
         return state, ctx, state.base_url + path
 
-    def _deadline(
-        self, state: ServiceState, call_deadline: float | None, inbound: InboundContext | None
-    ) -> float | None:
-        best = current_route_deadline()
+    def _deadline(self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None) -> None:
+        """Set ``ctx.deadline``: the earliest of the route's, the inbound header's, ``deadline=`` and
+        ``retry.max_elapsed``. Only the first three arm the call's timer (``ctx.timed``): ``max_elapsed``
+        alone caps attempt timeouts and stops retries, at no per-call timer cost."""
+        best = _route_deadline.get()
         if inbound is not None and inbound.deadline is not None and (best is None or inbound.deadline < best):
             best = inbound.deadline
-        max_elapsed = state.policy.retry.max_elapsed
+        max_elapsed = ctx.service.policy.retry.max_elapsed
         if call_deadline is not None or max_elapsed is not None:
             now = self._rt.clock.now()
-            for budget in (call_deadline, max_elapsed):
-                if budget is not None and (best is None or now + budget < best):
-                    best = now + budget
-        return best
+            if call_deadline is not None and (best is None or now + call_deadline < best):
+                best = now + call_deadline
+            if best is not None:
+                ctx.timed = True
+            if max_elapsed is not None and (best is None or now + max_elapsed < best):
+                best = now + max_elapsed
+                ctx.timed = False
+        elif best is not None:
+            ctx.timed = True
+        ctx.deadline = best
 
     async def request(
         self,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from starlette.requests import cookie_parser
 
 if TYPE_CHECKING:
     from .balancing.balancer import EndpointState
     from .registry import ServiceState
 
-__all__ = ["CallContext", "InboundContext", "parse_inbound_deadline"]
+__all__ = ["CallContext", "InboundContext", "forwarded_client", "parse_inbound_deadline"]
 
 #: Extension key under which a call's ``CallContext`` travels through the transport stack.
 EXTENSION = "mesh"
@@ -26,6 +29,8 @@ GRPC_TIMEOUT_HEADER = "grpc-timeout"
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _GRPC_RE = re.compile(r"^(\d{1,8})([HMSmun])$")
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 class CallContext:
     """What one outbound call carries through the layers; one per call, ``__slots__`` for speed."""
@@ -38,6 +43,7 @@ class CallContext:
         "inbound",
         "service",
         "stream",
+        "timed",
         "tried",
     )
 
@@ -55,33 +61,45 @@ class CallContext:
         self.affinity_key = affinity_key
         self.stream = stream
         self.attempts = 0
+        #: Whether the deadline arms the call's timer (a route, inbound or per-call deadline does;
+        #: ``retry.max_elapsed`` alone does not).
+        self.timed = False
         self.endpoint: EndpointState | None = None
         self.tried: list[EndpointState] = []
 
 
 class InboundContext:
-    """What an outbound call needs from the inbound request being served: caller, deadline, trace headers."""
+    """What an outbound call needs from the inbound request being served: caller, deadline, trace headers.
 
-    __slots__ = ("client_host", "deadline", "forward")
+    The raw headers are kept (no copy) for affinity keys; a header, the cookies and the caller's address
+    behind trusted proxies are worked out only when a call asks, once per request.
+    """
+
+    __slots__ = ("_address", "_cookies", "client_host", "deadline", "forward", "headers")
 
     def __init__(
         self,
         client_host: str | None,
         deadline: float | None,
         forward: list[tuple[str, str]],
+        headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.client_host = client_host
         self.deadline = deadline
         self.forward = forward
+        self.headers = headers
+        self._cookies: dict[str, str] | None = None
+        self._address: tuple[object, str | None] | None = None
 
     @classmethod
     def from_headers(
         cls, client_host: str | None, headers: Iterable[tuple[bytes, bytes]], now: float
     ) -> InboundContext:
         """Build from raw ASGI headers; ``now`` is the clock reading the deadline is relative to."""
+        raw = headers if isinstance(headers, list | tuple) else list(headers)
         timeout: float | None = None
         forward: list[tuple[str, str]] = []
-        for raw_name, raw_value in headers:
+        for raw_name, raw_value in raw:
             name = raw_name.decode("latin-1").lower()
             if name in PROPAGATED_HEADERS:
                 forward.append((name, raw_value.decode("latin-1")))
@@ -89,7 +107,72 @@ class InboundContext:
                 seconds = parse_inbound_deadline(name, raw_value.decode("latin-1"))
                 if seconds is not None and (timeout is None or seconds < timeout):
                     timeout = seconds
-        return cls(client_host, None if timeout is None else now + timeout, forward)
+        return cls(client_host, None if timeout is None else now + timeout, forward, raw)
+
+    def header(self, name: str) -> str | None:
+        """The first value of the inbound header ``name`` (lower case), or None."""
+        wanted = name.encode("latin-1")
+        for key, value in self.headers:
+            if key == wanted or key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def cookies(self) -> dict[str, str]:
+        """The inbound request's cookies, parsed on first use. ``MeshMiddleware`` adds the affinity cookies
+        it is about to set, so calls made while serving this request already carry their value."""
+        cookies = self._cookies
+        if cookies is None:
+            cookies = self._cookies = {}
+            for key, value in self.headers:
+                if key.lower() == b"cookie":
+                    cookies.update(cookie_parser(value.decode("latin-1")))
+        return cookies
+
+    def cookie(self, name: str) -> str | None:
+        return self.cookies().get(name)
+
+    def client_address(self, trusted: Sequence[IPNetwork]) -> str | None:
+        """The caller's address: the direct peer, unless the peer is one of the ``trusted`` proxies; then the
+        rightmost ``X-Forwarded-For`` entry that is not a trusted proxy itself."""
+        if not trusted:
+            return self.client_host
+        cached = self._address
+        if cached is not None and cached[0] is trusted:
+            return cached[1]
+        forwarded = [v.decode("latin-1") for k, v in self.headers if k.lower() == b"x-forwarded-for"]
+        address = forwarded_client(self.client_host, forwarded, trusted)
+        self._address = (trusted, address)
+        return address
+
+
+def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def forwarded_client(peer: str | None, forwarded: Sequence[str], trusted: Sequence[IPNetwork]) -> str | None:
+    """The client address ``X-Forwarded-For`` gives, believed only from ``trusted`` proxies.
+
+    >>> nets = [ipaddress.ip_network("10.0.0.0/8")]
+    >>> forwarded_client("10.0.0.5", ["203.0.113.7, 10.0.0.9"], nets)
+    '203.0.113.7'
+    >>> forwarded_client("198.51.100.1", ["203.0.113.7"], nets)  # the peer is no trusted proxy
+    '198.51.100.1'
+    """
+    if peer is None or not forwarded or not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for value in forwarded for hop in value.split(",")]
+    address = peer
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        address = hop
+        if not _is_trusted(hop, trusted):
+            break
+    return address
 
 
 def parse_inbound_deadline(name: str, value: str) -> float | None:

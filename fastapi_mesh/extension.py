@@ -143,6 +143,7 @@ class Mesh:
         return RoutePolicy(
             clock=self.clock,
             service_name=self.settings.service_name,
+            fallback_enabled=lambda service: self.settings.for_service(service).circuit_breaker.fallback_enabled,
             timeout=timeout,
             bulkhead=bulkhead,
             queue=queue,

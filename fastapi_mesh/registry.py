@@ -52,11 +52,14 @@ class ServiceState:
         clock: Clock,
         events: EventBus,
         default_timeout: float | None = None,
+        zone: str | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         outlier = OutlierDetector(name, policy.outlier_detection, clock, events)
-        self.balancer = Balancer(name, policy.load_balancer, rng, outlier)
+        self.balancer = Balancer(
+            name, policy.load_balancer, rng, outlier, clock=clock, zone=zone, routing=policy.routing
+        )
         retry = policy.retry
         self.budget = RetryBudget(retry.budget_percent, retry.budget_ttl, retry.min_retries_per_second, clock)
         self.breaker = CircuitBreaker(name, policy.circuit_breaker, clock, events)
@@ -107,7 +110,13 @@ class ServiceRegistry:
         if state is None:
             policy = self._settings.for_service(name)
             state = self.services[name] = ServiceState(
-                name, policy, self._rng, self._clock, self._events, self._settings.circuit_breaker.timeout
+                name,
+                policy,
+                self._rng,
+                self._clock,
+                self._events,
+                self._settings.circuit_breaker.timeout,
+                self._settings.zone,
             )
             if self._on_new is not None:
                 self._on_new(name)

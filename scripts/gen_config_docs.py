@@ -72,9 +72,6 @@ NOTES: dict[str, str] = {
     "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`).",
     "discovery.refresh_interval": "How often a polling backend refreshes its endpoint sets.",
     "load_balancer.strategy": "How one endpoint is picked among the eligible ones for each attempt.",
-    "load_balancer.session_affinity": "When true and a call has an affinity key (`affinity_key=`, else the "
-    "inbound caller's address), the endpoint is chosen by rendezvous hashing of that key, whatever the "
-    "strategy.",
     "load_balancer.max_connections_per_instance": "Calls one endpoint may carry at once. A full endpoint is "
     "skipped; when every healthy endpoint is full the call fails with `BulkheadFull`.",
     "circuit_breaker.failure_threshold": "Failures inside the window needed to open the breaker (together with "
@@ -139,7 +136,6 @@ NOTES: dict[str, str] = {
 #: would show a use. The generator fails once a pattern turns up in the package, so the mark cannot outlive
 #: the fact.
 UNUSED: dict[str, str] = {
-    "zone": r"settings\.zone\b",
     "discovery.consul_url": r"\bconsul_url\b",
     "discovery.namespace": r"\.namespace\b",
     "discovery.cluster_domain": r"\bcluster_domain\b",

@@ -9,7 +9,7 @@ from fastapi_mesh import __version__
 from fastapi_mesh.cli import main
 from fastapi_mesh.settings import MeshSettings
 
-POLICY_KEYS = {"service", "load_balancer", "circuit_breaker", "retry", "outlier_detection", "bulkhead"}
+POLICY_KEYS = {"service", "load_balancer", "circuit_breaker", "retry", "outlier_detection", "bulkhead", "routing"}
 
 
 @pytest.fixture(autouse=True)

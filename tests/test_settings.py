@@ -547,7 +547,7 @@ def test_mistyped_env_var_is_rejected(monkeypatch: pytest.MonkeyPatch, variable:
     assert not isinstance(exc_info.value, ValidationError)
     head = variable[len("MESH_") :].split("__")[0].lower()
     assert f"{head!r} is not one of " in _message(exc_info)
-    assert "retry, service_name, services" in _message(exc_info)
+    assert "retry, routing, service_name, services" in _message(exc_info)
 
 
 BAD_ENV = [

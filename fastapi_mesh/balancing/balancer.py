@@ -1,48 +1,115 @@
-"""The endpoint set of one service and the per-endpoint state that outlives discovery refreshes."""
+"""The endpoint set of one service and the per-endpoint state that outlives discovery refreshes.
+
+A pick, in order:
+
+1. **Subset** (``routing``): the first rule matching the outbound request's headers names a subset, else the
+   weighted split does (by the affinity key's hash when the call has one, so a key stays on one subset).
+   A retry or hedge stays in the subset of the call's first attempt. A subset without endpoints falls back
+   to all of them.
+2. **Zone**: with ``zone_aware`` and the mesh's ``zone`` set, the endpoints of the local zone are preferred
+   while at least ``zone_min_healthy_percent`` of them are available (healthy and not ejected); when none
+   of them can take the call (full, or all tried) it goes to any zone.
+3. **Panic**: when fewer than ``panic_threshold`` percent of the pool pass their active health checks
+   (``EndpointState.healthy``), unhealthy endpoints are picked too. Outlier ejections never count.
+4. **Endpoint**: with an affinity key (``ip-hash``, or ``session_affinity``), consistent hashing with bounded
+   load; otherwise the strategy. Either way an endpoint is skipped while it is unhealthy (outside panic),
+   at ``max_connections_per_instance``, ejected, or already tried in this call -- the last two only while
+   another is available. Every endpoint full: ``BulkheadFull`` at once.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from ..clock import Clock, MonotonicClock
 from ..context import CallContext
 from ..discovery.base import Endpoint
 from ..errors import BulkheadFull, NoHealthyEndpoints
 from ..resilience.outlier import OutlierDetector
-from ..settings import LoadBalancerConfig
-from .strategies import Strategy, build_strategy, rendezvous
+from ..settings import LoadBalancerConfig, RoutingConfig
+from .hashing import Ring, key_hash, points_per_endpoint
+from .routing import Router, parse_affinity_key
+from .strategies import MAX_TRIES, PoolStrategy, Strategy, build_strategy
 
-__all__ = ["Balancer", "EndpointState"]
+__all__ = ["DEFAULT_RTT", "EWMA_ALPHA", "SLOW_START_MIN_WEIGHT", "Balancer", "EndpointState"]
 
-#: Weight of the newest latency sample in an endpoint's moving average.
+#: Weight of the newest latency sample in an endpoint's moving average (``least-response-time``).
 EWMA_ALPHA = 0.3
+#: ``p2c-ewma``: the latency estimate of an endpoint that has not answered yet (Linkerd's default).
+DEFAULT_RTT = 0.030
+#: Slow start: the share of its weight a new endpoint gets at first (Envoy's ``min_weight_percent``).
+SLOW_START_MIN_WEIGHT = 0.1
+#: Consistent hashing: ring points looked at (bounded load, ineligible endpoints) before a full walk.
+MAX_HASH_WALK = 4 * MAX_TRIES
+
+_INF = math.inf
+_NO_TRIED: list[EndpointState] = []
 
 
 class EndpointState:
-    """One endpoint with what the mesh has seen of it: calls in flight, latency, failures."""
+    """One endpoint with what the mesh has seen of it: calls in flight, latency, failures, health."""
 
     __slots__ = (
+        "_healthy",
         "consecutive_failures",
         "endpoint",
         "ewma",
         "failures",
-        "healthy",
         "in_flight",
+        "peak",
+        "peak_at",
+        "pools",
         "requests",
+        "warm_start",
+        "warm_until",
+        "weight",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, now: float = 0.0) -> None:
         self.endpoint = endpoint
+        self.weight = endpoint.weight
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
         self.consecutive_failures = 0
         self.ewma = 0.0
-        self.healthy = True
+        self.peak = DEFAULT_RTT
+        self.peak_at = now
+        self._healthy = True
+        self.warm_start = 0.0
+        self.warm_until = 0.0  # > now while in slow start
+        #: The balancer's pools this endpoint is in (they count its health and calls in flight).
+        self.pools: tuple[_Pool, ...] = ()
 
     @property
     def url(self) -> str:
         return self.endpoint.url
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the endpoint passes its active health checks (set by whoever runs them)."""
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        value = bool(value)
+        if value != self._healthy:
+            self._healthy = value
+            delta = 1 if value else -1
+            for pool in self.pools:
+                pool.healthy += delta
+
+    def warmth(self, now: float) -> float:
+        """The share of its weight the endpoint gets at ``now``: during slow start it grows linearly from
+        ``SLOW_START_MIN_WEIGHT`` to 1 over the window; 1 otherwise."""
+        until = self.warm_until
+        if until <= now:
+            return 1.0
+        start = self.warm_start
+        return max(SLOW_START_MIN_WEIGHT, (now - start) / (until - start))
 
     def record(self, ok: bool, latency: float) -> None:
         """Note one finished attempt (``ok`` is False for a 5xx or a transport failure)."""
@@ -54,12 +121,31 @@ class EndpointState:
             self.consecutive_failures += 1
         self.ewma = latency if self.requests == 1 else self.ewma + EWMA_ALPHA * (latency - self.ewma)
 
+    def observe_peak(self, ok: bool, latency: float, now: float, decay: float) -> None:
+        """Peak-EWMA: a slower sample replaces the estimate; a faster one pulls it down with time constant
+        ``decay`` (the estimate as read has decayed towards zero since the last sample at the same pace).
+        A failure never lowers it: a fast error must not make an endpoint look good. The first successful
+        sample replaces the ``DEFAULT_RTT`` placeholder."""
+        if ok and self.requests == 1:
+            self.peak = latency
+            self.peak_at = now
+            return
+        age = now - self.peak_at
+        keep = math.exp(-age / decay) if age > 0 else 1.0
+        estimate = self.peak * keep + latency * (1.0 - keep)
+        if latency > estimate:
+            estimate = latency
+        if not ok and estimate < self.peak:
+            estimate = self.peak
+        self.peak = estimate
+        self.peak_at = now
+
     def as_dict(self) -> dict[str, object]:
         return {
             "url": self.endpoint.url,
             "weight": self.endpoint.weight,
             "zone": self.endpoint.zone,
-            "healthy": self.healthy,
+            "healthy": self._healthy,
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,
@@ -68,85 +154,402 @@ class EndpointState:
         }
 
 
+class _Pool:
+    """Endpoints a pick chooses among (all of a service's, or one subset or zone of them), with counts."""
+
+    __slots__ = ("healthy", "in_flight", "members", "moved", "ring", "size", "strategy")
+
+    def __init__(self, members: list[EndpointState], strategy: PoolStrategy, ring: Ring | None) -> None:
+        self.members = members
+        self.size = len(members)
+        self.strategy = strategy
+        self.moved = strategy.moved
+        self.ring = ring
+        self.healthy = sum(1 for s in members if s._healthy)
+        self.in_flight = sum(s.in_flight for s in members)
+
+
+class _Group:
+    """One subset (or all endpoints): its pool, and its pool of the local zone when that is a proper part."""
+
+    __slots__ = ("all", "local")
+
+    def __init__(self, all: _Pool, local: _Pool | None) -> None:
+        self.all = all
+        self.local = local
+
+
 class Balancer:
     """Holds a service's current endpoints (pushed by discovery) and picks one per attempt.
 
-    A pick skips endpoints that are ejected as outliers, unhealthy, at ``max_connections_per_instance``, or
-    already tried in this call while another is available. The outlier detector never ejects the last one.
+    ``Balancer(service, config, rng, outlier, *, clock=None, zone=None, routing=None)``: ``clock`` drives
+    slow start and peak-EWMA decay (default ``MonotonicClock``); ``zone`` is the caller's zone
+    (``MeshSettings.zone``); ``routing`` is the service's traffic split. The outlier detector never ejects
+    the last endpoint; in-flight counts go through ``acquire`` and ``release``.
     """
 
-    __slots__ = ("_by_url", "config", "endpoints", "outlier", "service", "strategy")
+    __slots__ = (
+        "_by_url",
+        "_c",
+        "_check_ejected",
+        "_clock",
+        "_custom",
+        "_decay",
+        "_groups",
+        "_hashing",
+        "_key_kind",
+        "_key_name",
+        "_level",
+        "_limit",
+        "_marked",
+        "_needs_clock",
+        "_ok",
+        "_panic",
+        "_panic_pct",
+        "_populated",
+        "_rng",
+        "_root",
+        "_router",
+        "_track",
+        "_tried",
+        "_trusted",
+        "_warming_until",
+        "_window",
+        "_zone",
+        "_zone_pct",
+        "config",
+        "endpoints",
+        "outlier",
+        "routing",
+        "service",
+        "zone",
+    )
 
     def __init__(
-        self, service: str, config: LoadBalancerConfig, rng: random.Random, outlier: OutlierDetector
+        self,
+        service: str,
+        config: LoadBalancerConfig,
+        rng: random.Random,
+        outlier: OutlierDetector,
+        *,
+        clock: Clock | None = None,
+        zone: str | None = None,
+        routing: RoutingConfig | None = None,
     ) -> None:
         self.service = service
         self.config = config
         self.outlier = outlier
-        self.strategy: Strategy = build_strategy(config.strategy, rng)
+        self.zone = zone
+        self.routing = routing
+        self._rng = rng
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._limit = config.max_connections_per_instance
+        self._panic_pct = config.panic_threshold
+        self._zone = zone if config.zone_aware else None
+        self._zone_pct = config.zone_min_healthy_percent
+        self._window = config.slow_start_window
+        self._decay = config.peak_ewma_decay
+        self._hashing = config.strategy == "ip-hash" or config.session_affinity
+        self._c = config.hash_balance_factor
+        self._key_kind, self._key_name = parse_affinity_key(config.affinity_key)
+        self._trusted = tuple(ipaddress.ip_network(n) for n in config.trusted_proxies)
+        self._router = Router(routing) if routing is not None and (routing.split or routing.rules) else None
+        self._needs_clock = config.strategy == "p2c-ewma"
+        self._track = config.strategy == "least-connections" or (self._hashing and self._c is not None)
         self.endpoints: list[EndpointState] = []
         self._by_url: dict[str, EndpointState] = {}
+        self._root = self._group([], None, {})
+        self._groups: dict[str, _Group] = {}
+        self._custom: Strategy | None = None
+        self._populated = False
+        self._warming_until = 0.0
+        self._marked: list[EndpointState] = []  # endpoints seen ejected, for the zone's availability
+        # Per-pick scratch, read by ``_eligible``. A pick never awaits, so no other pick can interleave.
+        self._tried: list[EndpointState] = _NO_TRIED
+        self._panic = False
+        self._level = 0
+        self._check_ejected = False
+        self._ok = self._eligible
+
+    # --------------------------------------------------------------------------------------- updates
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint set; state of endpoints that stay (in flight, latency) is kept."""
+        """Replace the endpoint set; state of endpoints that stay (in flight, latency) is kept. The pools
+        are rebuilt (O(n)) only when the set, a weight, a zone or metadata changed."""
+        now = self._clock.now()
+        previous = self.endpoints
         fresh: dict[str, EndpointState] = {}
-        for endpoint in endpoints:
+        changed = len(endpoints) != len(previous)
+        warming = self._populated and self._window > 0
+        for i, endpoint in enumerate(endpoints):
             state = self._by_url.get(endpoint.url)
             if state is None:
-                state = EndpointState(endpoint)
+                state = EndpointState(endpoint, now)
+                if warming:
+                    state.warm_start = now
+                    state.warm_until = now + self._window
+                    self._warming_until = max(self._warming_until, state.warm_until)
+                changed = True
             else:
+                if not changed and (i >= len(previous) or previous[i] is not state or state.endpoint != endpoint):
+                    changed = True
                 state.endpoint = endpoint
+                state.weight = endpoint.weight
             fresh[endpoint.url] = state
         for url in self._by_url.keys() - fresh.keys():
             self.outlier.forget(url)
+            self._by_url[url].pools = ()
         self._by_url = fresh
         self.endpoints = list(fresh.values())
+        if changed or len(self.endpoints) != len(previous):
+            self._rebuild()
+        if self.endpoints:
+            self._populated = True
 
-    def pick(self, ctx: CallContext) -> EndpointState:
-        endpoints = self.endpoints
-        if not endpoints:
+    def _rebuild(self) -> None:
+        members = self.endpoints
+        memberships: dict[EndpointState, list[_Pool]] = {s: [] for s in members}
+        old_groups = self._groups
+        self._root = self._group(members, self._root, memberships)
+        groups: dict[str, _Group] = {}
+        router = self._router
+        if router is not None:
+            key = router.subset_key
+            for name in sorted(router.names):
+                subset = [s for s in members if s.endpoint.metadata.get(key) == name]
+                if subset:
+                    groups[name] = self._group(subset, old_groups.get(name), memberships)
+        self._groups = groups
+        for state, pools in memberships.items():
+            state.pools = tuple(pools)
+        self._marked = [s for s in self._marked if s.pools]
+
+    def _group(
+        self, members: list[EndpointState], old: _Group | None, memberships: dict[EndpointState, list[_Pool]]
+    ) -> _Group:
+        all_pool = self._pool(members, old.all if old is not None else None, memberships)
+        local_pool = None
+        if self._zone is not None:
+            local = [s for s in members if s.endpoint.zone == self._zone]
+            if 0 < len(local) < len(members):
+                local_pool = self._pool(local, old.local if old is not None else None, memberships)
+        return _Group(all_pool, local_pool)
+
+    def _pool(
+        self, members: list[EndpointState], old: _Pool | None, memberships: dict[EndpointState, list[_Pool]]
+    ) -> _Pool:
+        config = self.config
+        strategy = build_strategy(config.strategy, self._rng, slow_start=self._window > 0, peak_ewma_decay=self._decay)
+        strategy.rebuild(members, old.strategy if old is not None else None)
+        ring = None
+        if self._hashing and members:
+            current = old.ring.per_endpoint if old is not None and old.ring is not None else None
+            ring = Ring(members, [float(s.weight) for s in members], points_per_endpoint(len(members), current))
+        pool = _Pool(members, strategy, ring)
+        for state in members:
+            memberships[state].append(pool)
+        return pool
+
+    @property
+    def strategy(self) -> PoolStrategy | Strategy:
+        """The strategy: the built-in one of the whole pool, or a custom ``Strategy`` set here. A custom one
+        is asked ``choose(candidates, key)`` with the eligible endpoints of the pool a pick has chosen."""
+        return self._custom if self._custom is not None else self._root.all.strategy
+
+    @strategy.setter
+    def strategy(self, strategy: Strategy) -> None:
+        self._custom = strategy
+
+    # ------------------------------------------------------------------------------------------ picks
+
+    def pick(self, ctx: CallContext, headers: Mapping[str, str] | None = None) -> EndpointState:
+        """The endpoint for the next attempt of ``ctx``; ``headers`` are the outbound request's (for routing
+        rules). Raises ``NoHealthyEndpoints`` or ``BulkheadFull``."""
+        if not self.endpoints:
             raise NoHealthyEndpoints(self.service, "no endpoints discovered (is the service name right?)")
-        limit = self.config.max_connections_per_instance
-        tried = ctx.tried
-        outlier = self.outlier
-        if outlier.any_ejected:
-            ejected = outlier.is_ejected
-            endpoints = [s for s in endpoints if not ejected(s.url)] or endpoints
-        candidates = [
-            s for s in endpoints if s.healthy and s.in_flight < limit and (not tried or s not in tried)
-        ]
-        if not candidates and tried:
-            candidates = [s for s in endpoints if s.healthy and s.in_flight < limit]
-        if not candidates:
-            if any(s.healthy for s in endpoints):
-                raise BulkheadFull(
-                    self.service, f"every endpoint is at max_connections_per_instance ({limit})"
-                )
-            raise NoHealthyEndpoints(self.service, f"all {len(endpoints)} endpoints are unhealthy")
-        if len(candidates) == 1:
-            return candidates[0]
-        key = self._affinity_key(ctx)
-        if key is not None and self.config.session_affinity:
-            return rendezvous(candidates, key)
-        return self.strategy.choose(candidates, key)
+        now = self._now()
+        key: str | None = None
+        h: int | None = None
+        if self._hashing or self._custom is not None:
+            key = self._affinity_key(ctx)
+            if key is not None and self._hashing:
+                h = key_hash(key)
+        group = self._root if self._router is None else self._route(ctx, headers, h)
+        self._tried = ctx.tried
+        self._check_ejected = self.outlier.any_ejected
+        local = group.local
+        if local is not None and self._local_available(local):
+            state = self._pick_in(local, key, h, now, 0)  # other zones before a tried or ejected local one
+            if state is not None:
+                return state
+        state = self._pick_in(group.all, key, h, now, 2)
+        if state is None:
+            raise self._exhausted(group.all)
+        return state
 
-    @staticmethod
-    def _affinity_key(ctx: CallContext) -> str | None:
+    def _now(self) -> float:
+        """The clock when a strategy needs time or an endpoint is warming up; otherwise infinity (no read)."""
+        if self._warming_until:
+            now = self._clock.now()
+            if now >= self._warming_until:
+                self._warming_until = 0.0
+            return now
+        return self._clock.now() if self._needs_clock else _INF
+
+    def _pick_in(self, pool: _Pool, key: str | None, h: int | None, now: float, max_level: int) -> EndpointState | None:
+        self._panic = pool.healthy * 100.0 < self._panic_pct * pool.size
+        self._level = 0
+        ok = self._ok
+        ring = pool.ring
+        if h is not None and ring is not None:
+            c = self._c
+            capacity = _INF if c is None else math.ceil(c * (pool.in_flight + 1) / pool.size)
+            state = ring.walk(h, ok, capacity, MAX_HASH_WALK)
+            if state is not None:
+                return state
+            for level in self._levels(max_level):
+                self._level = level
+                state = ring.walk(h, ok, _INF, len(ring.owners))
+                if state is not None:
+                    return state
+            return None
+        custom = self._custom
+        if custom is not None:
+            for level in self._levels(max_level):
+                self._level = level
+                candidates = [s for s in pool.members if ok(s)]
+                if candidates:
+                    return candidates[0] if len(candidates) == 1 else custom.choose(candidates, key)
+            return None
+        strategy = pool.strategy
+        state = strategy.pick(ok, now, not self._tried)
+        if state is not None:
+            return state
+        for level in self._levels(max_level):  # most of the pool is out: look at every endpoint
+            self._level = level
+            candidates = [s for s in pool.members if ok(s)]
+            if candidates:
+                return strategy.scan(candidates, now)
+        return None
+
+    def _levels(self, max_level: int) -> tuple[int, ...]:
+        """Strict first; then tried endpoints allowed; then ejected ones too (at least one always stays)."""
+        if max_level == 0 or (not self._tried and not self._check_ejected):
+            return (0,)
+        if not self._check_ejected:
+            return (0, 1)
+        return (0, 1, 2) if self._tried else (0, 2)
+
+    def _eligible(self, state: EndpointState) -> bool:
+        if state.in_flight >= self._limit:
+            return False
+        if not state._healthy and not self._panic:
+            return False
+        level = self._level
+        if level < 1:
+            tried = self._tried
+            if tried and state in tried:
+                return False
+        return not (level < 2 and self._check_ejected and self.outlier.is_ejected(state.endpoint.url))
+
+    def _exhausted(self, pool: _Pool) -> Exception:
+        if self._panic or any(s._healthy for s in pool.members):
+            return BulkheadFull(self.service, f"every endpoint is at max_connections_per_instance ({self._limit})")
+        return NoHealthyEndpoints(self.service, f"all {pool.size} endpoints are unhealthy")
+
+    def _affinity_key(self, ctx: CallContext) -> str | None:
         if ctx.affinity_key is not None:
             return ctx.affinity_key
         inbound = ctx.inbound
-        return inbound.client_host if inbound is not None else None
+        if inbound is None:
+            return None
+        kind = self._key_kind
+        if kind == "client-ip":
+            return inbound.client_address(self._trusted)
+        if kind == "header":
+            return inbound.header(self._key_name)
+        return inbound.cookie(self._key_name)
+
+    def _route(self, ctx: CallContext, headers: Mapping[str, str] | None, h: int | None) -> _Group:
+        router = self._router
+        assert router is not None
+        tried = ctx.tried
+        if tried:  # a retry or a hedge stays in the subset of the call's first attempt
+            name = tried[0].endpoint.metadata.get(router.subset_key)
+        else:
+            name = router.rule_subset(headers)
+            if name is None and router.has_split:
+                u = (h >> 11) * 2.0**-53 if h is not None else self._rng.random()
+                name = router.split_subset(u)
+        if name is None:
+            return self._root
+        return self._groups.get(name, self._root)
+
+    def _local_available(self, pool: _Pool) -> bool:
+        available = pool.healthy
+        if self._check_ejected and self._marked:
+            available -= self._ejected_in(pool)
+        return available * 100.0 >= self._zone_pct * pool.size
+
+    def _ejected_in(self, pool: _Pool) -> int:
+        marked = self._marked
+        is_ejected = self.outlier.is_ejected
+        count = 0
+        for i in range(len(marked) - 1, -1, -1):
+            state = marked[i]
+            if not is_ejected(state.endpoint.url):
+                del marked[i]
+            elif pool in state.pools and state._healthy:
+                count += 1
+        return count
+
+    # ------------------------------------------------------------------------------------- accounting
+
+    def acquire(self, state: EndpointState) -> None:
+        """One more call in flight on ``state`` (the balancer layer calls this right after ``pick``)."""
+        state.in_flight += 1
+        if self._track:
+            new = state.in_flight
+            for pool in state.pools:
+                pool.in_flight += 1
+                moved = pool.moved
+                if moved is not None:
+                    moved(state, new - 1, new)
+
+    def release(self, state: EndpointState) -> None:
+        """A call on ``state`` ended (its response body was read or its stream closed)."""
+        old = state.in_flight
+        if old <= 0:
+            return
+        state.in_flight = old - 1
+        if self._track:
+            for pool in state.pools:
+                pool.in_flight -= 1
+                moved = pool.moved
+                if moved is not None:
+                    moved(state, old, old - 1)
 
     def record(self, state: EndpointState, ok: bool, latency: float) -> None:
-        """One attempt's outcome on ``state``: its own counters, and the outlier detector."""
+        """One attempt's outcome on ``state``: its own counters and latency, and the outlier detector."""
         state.record(ok, latency)
-        self.outlier.record(state.endpoint.url, ok, len(self.endpoints))
+        if self._needs_clock:
+            state.observe_peak(ok, latency, self._clock.now(), self._decay)
+        url = state.endpoint.url
+        outlier = self.outlier
+        outlier.record(url, ok, len(self.endpoints))
+        if not ok and state.pools and state not in self._marked and outlier.is_ejected(url):
+            self._marked.append(state)
 
     def as_dict(self) -> dict[str, object]:
         ejections = self.outlier.as_dict()
+        config = self.config
         return {
-            "strategy": self.config.strategy,
-            "session_affinity": self.config.session_affinity,
-            "max_connections_per_instance": self.config.max_connections_per_instance,
+            "strategy": config.strategy,
+            "session_affinity": config.session_affinity,
+            "affinity_key": config.affinity_key,
+            "max_connections_per_instance": config.max_connections_per_instance,
+            "zone": self._zone,
+            "panic": self._root.all.healthy * 100.0 < self._panic_pct * self._root.all.size,
+            "subsets": {name: group.all.size for name, group in self._groups.items()},
             "endpoints": [s.as_dict() | {"outlier": ejections.get(s.url)} for s in self.endpoints],
         }

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
 
 import httpx
 
 from .._headers import set_header
+from .._streams import ReleasingStream
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import MeshError
@@ -29,28 +30,9 @@ def _point_at(url: httpx.URL, state: EndpointState) -> httpx.URL:
     return new
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A streamed body that gives the endpoint's in-flight slot back when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, state: EndpointState) -> None:
-        self._inner = inner
-        self._state: EndpointState | None = state
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            if self._state is not None:
-                self._state.in_flight -= 1
-                self._state = None
-
-
 class BalancerTransport(httpx.AsyncBaseTransport):
-    """Layer: one attempt goes to the endpoint the service's balancer picks."""
+    """Layer: one attempt goes to the endpoint the service's balancer picks (routing rules see the
+    outbound request's headers)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
         self._inner = inner
@@ -58,36 +40,44 @@ class BalancerTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx: CallContext = request.extensions[EXTENSION]
-        state = ctx.service.balancer.pick(ctx)
+        balancer = ctx.service.balancer
+        state = balancer.pick(ctx, request.headers)
         ctx.endpoint = state
         ctx.tried.append(state)
         request.url = _point_at(request.url, state)
         set_header(request.headers, b"host", state.endpoint.host_header_bytes)
-        state.in_flight += 1
-        balancer = ctx.service.balancer
+        balancer.acquire(state)
         clock = self._clock
         start = clock.now()
         try:
             response = await self._inner.handle_async_request(request)
         except MeshError:  # raised by the mesh before anything was sent: not the endpoint's doing
-            state.in_flight -= 1
+            balancer.release(state)
             raise
         except httpx.TransportError:
-            state.in_flight -= 1
+            balancer.release(state)
             balancer.record(state, False, clock.now() - start)
             raise
-        except BaseException:  # cancelled (the caller or the deadline gave up), or a bug: no verdict
-            state.in_flight -= 1
+        except BaseException:
+            # Cancelled by the call's own deadline timer: a timeout, so a failure of this endpoint.
+            # Cancelled before the deadline (the caller went away, a hedge lost) or a bug: no verdict.
+            balancer.release(state)
+            now = clock.now()
+            if ctx.deadline is not None and now >= ctx.deadline:
+                balancer.record(state, False, now - start)
             raise
         elapsed = clock.now() - start
-        ok = response.status_code < 500
+        ok = not ctx.service.breaker.is_failure_status(response.status_code)
         balancer.record(state, ok, elapsed)
         if ok and ctx.service.latency is not None:
             ctx.service.latency.add(elapsed)
-        if ctx.stream:
-            response.stream = _ReleasingStream(response.stream, state)  # type: ignore[arg-type]
-        else:
-            state.in_flight -= 1
+        if ctx.stream and not response.is_closed:
+            response.stream = ReleasingStream(
+                response.stream,  # type: ignore[arg-type]
+                functools.partial(balancer.release, state),
+            )
+        else:  # read already (or a response built from content, as httpx.MockTransport's are): done
+            balancer.release(state)
         return response
 
     async def aclose(self) -> None:

@@ -86,6 +86,7 @@ class CircuitBreaker:
         "_calls",
         "_clock",
         "_config",
+        "_epoch",
         "_events",
         "_failure_statuses",
         "_failures",
@@ -132,15 +133,23 @@ class CircuitBreaker:
         self._total_trips = 0
         self._probes = 0  # half-open probe calls in flight
         self._probe_successes = 0
+        self._epoch = 0  # which half-open period a probe ticket belongs to
         self._clear_window()
 
     # ---------------------------------------------------------------------------------------- hot path
 
     @property
     def state(self) -> BreakerState:
-        """The state now. An open breaker whose open period has passed still reads "open" until the next
-        ``try_acquire()``, which moves it to half-open."""
+        """The state now (an open breaker whose open period has passed reads, and becomes, half-open)."""
+        if self._state == OPEN and self._clock.now() >= self._open_until:
+            self._half_open()
         return self._state
+
+    def _half_open(self) -> None:
+        self._probes = 0
+        self._probe_successes = 0
+        self._epoch += 1
+        self._transition(HALF_OPEN, "open period elapsed")
 
     @property
     def config(self) -> CircuitBreakerConfig:
@@ -148,23 +157,29 @@ class CircuitBreaker:
 
     def try_acquire(self) -> bool:
         """Whether a call may go now. In half-open, a True takes one of the probe slots."""
+        return self.acquire() >= 0
+
+    def acquire(self) -> int:
+        """Admit a call: -1 rejected, 0 an ordinary call, a positive ticket for a half-open probe.
+
+        Pass the ticket back to ``record_*``: a call admitted before the breaker went half-open that ends
+        during the half-open period is then not taken for a probe.
+        """
         state = self._state
         if state in (CLOSED, DISABLED):
-            return True
+            return 0
         if state == OPEN:
             if self._clock.now() < self._open_until:
-                return False
-            self._probes = 0
-            self._probe_successes = 0
-            self._transition(HALF_OPEN, "open period elapsed")
+                return -1
+            self._half_open()
         elif state == FORCED_OPEN:
-            return False
+            return -1
         if self._probes < self._config.half_open_max_calls:
             self._probes += 1
-            return True
-        return False
+            return self._epoch
+        return -1
 
-    def record_success(self, duration: float) -> None:
+    def record_success(self, duration: float, ticket: int | None = None) -> None:
         """An admitted call ended with an answer the caller counts as good; ``duration`` in seconds."""
         if self._state == CLOSED:
             if duration >= self._slow_at:
@@ -184,26 +199,26 @@ class CircuitBreaker:
                 self._ring[pos] = _SUCCESS
                 pos += 1
                 self._pos = 0 if pos == self._size else pos
-        elif self._state == HALF_OPEN:
+        elif self._state == HALF_OPEN and (ticket is None or ticket == self._epoch):
             self._release_probe()
             self._probe_successes += 1
             if self._probe_successes >= self._config.half_open_max_calls:
                 self._close(f"{self._probe_successes} probe call(s) succeeded")
 
-    def record_failure(self, duration: float) -> None:
+    def record_failure(self, duration: float, ticket: int | None = None) -> None:
         """An admitted call failed (a failure status, or no answer); ``duration`` in seconds."""
         if self._state == CLOSED:
             slow = duration >= self._slow_at
             self._record((_FAILURE | _SLOW) if slow else _FAILURE)
             if not self._check_failures() and slow:
                 self._check_slow()
-        elif self._state == HALF_OPEN:
+        elif self._state == HALF_OPEN and (ticket is None or ticket == self._epoch):
             self._release_probe()
             self._trip("a probe call failed")
 
-    def record_ignored(self) -> None:
+    def record_ignored(self, ticket: int | None = None) -> None:
         """An admitted call ended without an outcome (cancelled): record nothing, give back a probe slot."""
-        if self._state == HALF_OPEN:
+        if self._state == HALF_OPEN and (ticket is None or ticket == self._epoch):
             self._release_probe()
 
     release = record_ignored
@@ -462,7 +477,8 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         ctx: CallContext = request.extensions[EXTENSION]
         service = ctx.service
         breaker = service.breaker
-        if not breaker.try_acquire():
+        ticket = breaker.acquire()
+        if ticket < 0:
             retry_after = breaker.retry_after()
             detail = _rejection_detail(breaker, retry_after)
             raise CircuitOpen(service.name, detail, retry_after=retry_after, request=request)
@@ -471,18 +487,24 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except (NoHealthyEndpoints, BulkheadFull, AuthorizationDenied):  # not the service failing
-            breaker.record_ignored()
+            breaker.record_ignored(ticket)
             raise
         except httpx.TransportError:
-            breaker.record_failure(clock.now() - start)
+            breaker.record_failure(clock.now() - start, ticket)
             raise
-        except BaseException:  # cancellation (a deadline above us, a client gone) or a programming error
-            breaker.record_ignored()
+        except BaseException:
+            # Cancelled by the call's own deadline timer: a timeout, so a failure. Cancelled before the
+            # deadline (the caller went away) or a programming error: no verdict.
+            now = clock.now()
+            if ctx.deadline is not None and now >= ctx.deadline:
+                breaker.record_failure(now - start, ticket)
+            else:
+                breaker.record_ignored(ticket)
             raise
         if breaker.is_failure_status(response.status_code):
-            breaker.record_failure(clock.now() - start)
+            breaker.record_failure(clock.now() - start, ticket)
         else:
-            breaker.record_success(clock.now() - start)
+            breaker.record_success(clock.now() - start, ticket)
         return response
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from .._streams import ReleasingStream
 from ..context import EXTENSION, CallContext
 from ..errors import BulkheadFull
 
@@ -87,24 +88,6 @@ class Bulkhead:
         }
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, bulkhead: Bulkhead) -> None:
-        self._inner = inner
-        self._bulkhead: Bulkhead | None = bulkhead
-
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            if self._bulkhead is not None:
-                self._bulkhead.release()
-                self._bulkhead = None
-
-
 class BulkheadTransport(httpx.AsyncBaseTransport):
     """Layer: the per-service bulkhead. Services without ``bulkhead.max_concurrent`` pass straight through."""
 
@@ -126,9 +109,9 @@ class BulkheadTransport(httpx.AsyncBaseTransport):
         except BaseException:
             bulkhead.release()
             raise
-        if ctx.stream:
-            response.stream = _ReleasingStream(response.stream, bulkhead)  # type: ignore[arg-type]
-        else:
+        if ctx.stream and not response.is_closed:
+            response.stream = ReleasingStream(response.stream, bulkhead.release)  # type: ignore[arg-type]
+        else:  # read already (a body built from content, as httpx.MockTransport's are): done
             bulkhead.release()
         return response
 

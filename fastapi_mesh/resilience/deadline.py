@@ -23,7 +23,11 @@ DEADLINE_GRACE = 0.02
 class DeadlineTransport(httpx.AsyncBaseTransport):
     """Layer: the whole call (every attempt and every backoff) ends by its deadline or raises
     ``DeadlineExceeded``. The deadline is the earliest of the route's timeout, the inbound deadline header,
-    the call's ``deadline=`` and ``retry.max_elapsed``; the client works it out before the call starts."""
+    the call's ``deadline=`` and ``retry.max_elapsed``; the client works it out before the call starts.
+
+    Only a route, inbound or ``deadline=`` deadline arms the timer here. When ``retry.max_elapsed`` alone
+    sets it (every call, with the presets), the cheaper bounds below suffice: attempt timeouts capped at
+    the remaining time, no retry or backoff past it."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
         self._inner = inner
@@ -32,7 +36,7 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         # A plain function returning the next coroutine: a call without a deadline costs no extra frame.
         ctx: CallContext = request.extensions[EXTENSION]
-        if ctx.deadline is None:
+        if ctx.deadline is None or not ctx.timed:
             return self._inner.handle_async_request(request)
         return self._bounded(request, ctx, ctx.deadline)
 

@@ -8,6 +8,7 @@ a value, or a sync/async callable taking ``()``, ``(exc)`` or ``(request, exc)``
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,8 @@ async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Reques
         value = await value
     if isinstance(value, httpx.Response):
         return value
-    response = httpx.Response(200, json=value, request=request)
+    body = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    response = httpx.Response(200, content=body, headers={"content-type": "application/json"}, request=request)
     response.extensions["mesh_fallback"] = True
     return response
 

@@ -70,6 +70,7 @@ class RoutePolicy:
         *,
         clock: Clock,
         service_name: str = "app",
+        fallback_enabled: Callable[[str], bool] | None = None,
         timeout: float | str | None = None,
         bulkhead: int | None = None,
         queue: int = 0,
@@ -77,6 +78,7 @@ class RoutePolicy:
     ) -> None:
         self._clock = clock
         self._service_name = service_name
+        self._fallback_enabled = fallback_enabled
         self.timeout: float | None = None
         if timeout is not None:
             value = parse_duration(timeout)
@@ -114,15 +116,9 @@ class RoutePolicy:
             else:
                 request = kwargs.get(request_param)
             try:
-                if bulkhead is not None:
-                    await bulkhead.acquire()
-                try:
-                    return await policy._run(handler, is_async, request, args, kwargs)
-                finally:
-                    if bulkhead is not None:
-                        bulkhead.release()
+                return await policy._run(handler, is_async, bulkhead, request, args, kwargs)
             except Exception as exc:
-                if policy.fallback is not None and is_fallback_error(exc):
+                if policy.fallback is not None and is_fallback_error(exc) and policy._fallback_allowed(exc):
                     return await policy.fallback(request, exc)
                 if isinstance(exc, MeshError):
                     return mesh_error_response(exc)
@@ -142,26 +138,48 @@ class RoutePolicy:
             deadline = now + self.timeout
         return deadline
 
+    def _fallback_allowed(self, exc: BaseException) -> bool:
+        """``circuit_breaker.fallback_enabled: false`` on the failing service turns route fallbacks off too."""
+        if isinstance(exc, MeshError) and self._fallback_enabled is not None:
+            return self._fallback_enabled(exc.service)
+        return True
+
+    async def _call(
+        self,
+        handler: Callable[..., Any],
+        is_async: bool,
+        bulkhead: Bulkhead | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        if bulkhead is not None:
+            await bulkhead.acquire()
+        try:
+            if is_async:
+                return await handler(*args, **kwargs)
+            return await run_in_threadpool(handler, *args, **kwargs)
+        finally:
+            if bulkhead is not None:
+                bulkhead.release()
+
     async def _run(
         self,
         handler: Callable[..., Any],
         is_async: bool,
+        bulkhead: Bulkhead | None,
         request: Request | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         deadline = self._deadline(request)
         if deadline is None:
-            if is_async:
-                return await handler(*args, **kwargs)
-            return await run_in_threadpool(handler, *args, **kwargs)
+            return await self._call(handler, is_async, bulkhead, args, kwargs)
         token = set_route_deadline(deadline)
         remaining = deadline - self._clock.now()
         try:
+            # The deadline covers the wait in the bulkhead queue as well as the handler.
             async with asyncio.timeout(max(remaining, 0.0)) as scope:
-                if is_async:
-                    return await handler(*args, **kwargs)
-                return await run_in_threadpool(handler, *args, **kwargs)
+                return await self._call(handler, is_async, bulkhead, args, kwargs)
         except TimeoutError as exc:
             if scope.expired():
                 route = request.url.path if request is not None else getattr(handler, "__name__", "route")

@@ -78,6 +78,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             except MeshError:
                 raise
             except httpx.TransportError as exc:
+                attempt = ctx.attempts  # a hedge made during this round counts as an attempt too
                 reason = type(exc).__name__
                 safe = replayable and (idempotent or isinstance(exc, NOT_SENT))
                 if safe:
@@ -101,6 +102,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     endpoint=endpoint,
                     request=request,
                 ) from exc
+            attempt = ctx.attempts
             status = response.status_code
             if status not in service.retry_statuses or not (replayable and idempotent):
                 return response

@@ -208,13 +208,32 @@ def test_open_rejects_and_retry_after_counts_down() -> None:
 
 
 def test_half_open_after_reset_timeout() -> None:
-    """The first ``try_acquire`` at the end of the open period moves to half-open and takes a probe slot."""
+    """At the end of the open period the breaker reads half-open; ``try_acquire`` then takes a probe slot."""
     clock = ManualClock()
     breaker = tripped(clock, failure_threshold=2, reset_timeout=30, timeout=4)
-    clock.advance(30.0)
+    clock.advance(29.9)
     assert breaker.state == "open"
+    clock.advance(0.1)
+    assert breaker.state == "half-open"
     assert (breaker.try_acquire(), breaker.state, breaker.retry_after()) == (True, "half-open", 4.0)
     assert breaker.as_dict()["half_open_in_flight"] == 1
+
+
+def test_a_call_from_before_half_open_is_not_taken_for_a_probe() -> None:
+    """A call admitted while closed that ends during half-open neither closes the breaker nor frees a slot."""
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=2, failure_threshold_percentage=50, reset_timeout=5, half_open_max_calls=1)
+    old = breaker.acquire()
+    breaker.record_failure(0.01, breaker.acquire())
+    breaker.record_failure(0.01, breaker.acquire())
+    assert breaker.state == "open"
+    clock.advance(5)
+    probe = breaker.acquire()
+    assert (old, probe > 0, breaker.acquire()) == (0, True, -1)
+    breaker.record_success(0.01, old)
+    assert (breaker.state, breaker.as_dict()["half_open_in_flight"]) == ("half-open", 1)
+    breaker.record_success(0.01, probe)
+    assert breaker.state == "closed"
 
 
 def test_half_open_max_calls_limits_probes() -> None:
