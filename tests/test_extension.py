@@ -512,3 +512,55 @@ async def test_endpoint_changes_are_announced() -> None:
         ("user-service", ("http://10.0.0.1:8080",)),
         ("user-service", ("http://10.0.0.9:80",)),
     ]
+
+
+async def test_route_queue_wait_counts_against_the_route_deadline() -> None:
+    """A call queued behind a full route bulkhead gets 504 when the route's timeout passes in the queue."""
+    mesh = make_mesh()
+    app = gateway(mesh)
+    gate = asyncio.Event()
+
+    @app.get("/queued")
+    @mesh.policy(timeout=0.1, bulkhead=1, queue=1)
+    async def queued() -> str:
+        await gate.wait()
+        return "done"
+
+    async with serve(app) as http:
+        first = asyncio.create_task(http.get("/queued"))
+        await asyncio.sleep(0.02)
+        second = await http.get("/queued")  # waits in the queue, then its deadline passes
+        gate.set()
+        first_response = await first
+    assert second.status_code == 504
+    assert first_response.status_code == 504  # the holder itself also ran past 0.1 s
+
+
+async def test_route_fallback_is_off_for_a_service_with_fallbacks_disabled() -> None:
+    """circuit_breaker.fallback_enabled=false on the failing service turns the route's fallback off too."""
+    mesh = make_mesh(services={"user-service": {"circuit_breaker": {"fallback_enabled": False}}})
+    app = gateway(mesh)
+
+    @app.get("/strict")
+    @mesh.policy(fallback={"cached": True})
+    async def strict() -> None:
+        raise UpstreamUnavailable("user-service")
+
+    @app.get("/lenient")
+    @mesh.policy(fallback={"cached": True})
+    async def lenient() -> None:
+        raise UpstreamUnavailable("order-service")
+
+    async with serve(app) as http:
+        strict_response = await http.get("/strict")
+        lenient_response = await http.get("/lenient")
+    assert strict_response.status_code == 503
+    assert lenient_response.json() == {"cached": True}
+
+
+async def test_call_fallback_of_none_is_json_null() -> None:
+    """A per-call fallback of None answers 200 with the JSON body null."""
+    mesh = make_mesh()
+    async with serve(gateway(mesh)):
+        response = await mesh.client.get("nowhere", "/x", fallback=None)
+    assert (response.status_code, response.content, response.json()) == (200, b"null", None)

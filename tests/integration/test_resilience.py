@@ -294,3 +294,32 @@ async def test_p95_hedging_waits_for_enough_samples(fleet: Fleet) -> None:
         hedges = client.get_metrics()["retry"]["svc"]["hedges"]
     assert response.json()["replica"] == second.name
     assert hedges == 1
+
+
+async def test_hedges_count_as_attempts(fleet: Fleet) -> None:
+    """With max_retries=1 and hedging, a call never sends more than 2 requests in all."""
+    replicas = await fleet.start(3)
+    for r in replicas:
+        r.mode = "slow"
+        r.delay = 0.2
+    settings = settings_for([r.url for r in replicas], retry={"max_retries": 1, "hedge_delay": "20ms"})
+    async with MeshClient(settings) as client:
+        response = await client.get("svc", "/x")
+    assert response.status_code == 200
+    assert sum(r.total for r in replicas) == 2
+
+
+async def test_max_elapsed_bounds_calls_without_arming_a_timer(fleet: Fleet) -> None:
+    """retry.max_elapsed alone caps attempt timeouts and sends its budget downstream."""
+    (hanging,) = await fleet.start(1)
+    hanging.mode = "hang"
+    settings = settings_for([hanging.url], retry={"max_retries": 5, "max_elapsed": 0.3})
+    async with MeshClient(settings) as client:
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await client.get("svc", "/x")
+        elapsed = time.perf_counter() - start
+        failures = client.circuit_breaker("svc").window()[1]
+    assert elapsed < 0.3 + 0.05
+    assert 0 < int(hanging.headers[0]["x-mesh-timeout-ms"]) <= 300
+    assert failures == 1
