@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import overhead
+from bench import balancer, overhead
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -22,6 +22,9 @@ def main() -> None:
     results = asyncio.run(overhead.run(calls, rounds))
     table = overhead.report(results)
     print(table)
+    picks = balancer.run(sizes=(10, 1_000), rounds=3) if quick else balancer.run()
+    pick_table = balancer.report(picks)
+    print(pick_table)
     if quick:
         return
     machine = (
@@ -53,6 +56,15 @@ JSON body), so what differs is only the client-side machinery:
 {table}
 
 Target: mesh <= 1.10x raw httpx per call, and cheaper than the hand-composed stack.
+
+## Load balancer: pick cost and memory
+
+{balancer.__doc__.split("Targets:")[0].strip()}
+
+{pick_table}
+
+Targets: <= 5 µs per pick, <= 2x growth from 10 to 10,000 endpoints, <= 2 KiB of balancer state per
+endpoint.
 """
     )
     print(f"wrote {OUTPUT}")
