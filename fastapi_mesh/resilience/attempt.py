@@ -36,9 +36,12 @@ class AttemptTransport(httpx.AsyncBaseTransport):
                 raise DeadlineExceeded(ctx.service.name, "no time left for another attempt", request=request)
             timeouts = request.extensions.get("timeout")
             if timeouts:
-                request.extensions["timeout"] = {
-                    key: remaining if value is None or value > remaining else value for key, value in timeouts.items()
-                }
+                values = timeouts.values()
+                if None in values or max(values) > remaining:  # else every timeout fits: leave the dict as is
+                    request.extensions["timeout"] = {
+                        key: remaining if value is None or value > remaining else value
+                        for key, value in timeouts.items()
+                    }
             else:
                 request.extensions["timeout"] = {
                     "connect": remaining, "read": remaining, "write": remaining, "pool": remaining
