@@ -243,21 +243,22 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
-        clock = rt.clock
-        start = clock.now()
+        events = rt.events
+        # Durations are for event subscribers only: no clock reads when nobody listens.
+        start = rt.clock.now() if events._handlers else 0.0
         state.requests += 1
         try:
             response = await http.request(method, url, **kwargs)
         except MeshError as exc:
             state.failures += 1
-            self._emit(REQUEST_FAILURE, ctx, method, None, clock.now() - start, exc)
+            self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             if fallback is not MISSING and state.fallback_enabled:
                 return await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
             raise
         status = response.status_code
         if status >= 500:
             state.failures += 1
-            self._emit(REQUEST_FAILURE, ctx, method, status, clock.now() - start, None)
+            self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
             if fallback is not MISSING and state.fallback_enabled:
                 error = httpx.HTTPStatusError(
                     f"{status} from service {service!r}", request=response.request, response=response
@@ -265,7 +266,7 @@ class MeshClient:
                 return await call_fallback(fallback, error, response.request)
         else:
             state.successes += 1
-            self._emit(REQUEST_SUCCESS, ctx, method, status, clock.now() - start, None)
+            self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
         return response
 
     def _emit(
@@ -274,12 +275,13 @@ class MeshClient:
         ctx: CallContext,
         method: str,
         status: int | None,
-        duration: float,
+        start: float,
         error: BaseException | None,
     ) -> None:
         events = self._rt.events
         if events.wants(name):
             endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
+            duration = self._rt.clock.now() - start
             events.emit(
                 name, RequestEvent(ctx.service.name, endpoint, method, status, duration, ctx.attempts, error)
             )

@@ -105,6 +105,7 @@ class CircuitBreaker:
         "_total_trips",
         "_trips",
         "service",
+        "times_calls",
     )
 
     def __init__(
@@ -116,6 +117,8 @@ class CircuitBreaker:
         self._events = events
         self._failure_statuses = frozenset(config.failure_on_status)
         self._slow_at = math.inf if config.slow_call_duration is None else config.slow_call_duration
+        #: Whether call durations matter (slow-call rule): when not, the layer does not time calls.
+        self.times_calls = config.slow_call_duration is not None
         self._size = config.sliding_window_size
         self._time_window = config.sliding_window_type == "time"
         # Count window: a ring of outcome codes. Time window: per-second [calls, failures, slow] buckets.
@@ -483,28 +486,29 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
             detail = _rejection_detail(breaker, retry_after)
             raise CircuitOpen(service.name, detail, retry_after=retry_after, request=request)
         clock = self._clock
-        start = clock.now()
+        timed = breaker.times_calls
+        start = clock.now() if timed else 0.0
         try:
             response = await self._inner.handle_async_request(request)
         except (NoHealthyEndpoints, BulkheadFull, AuthorizationDenied):  # not the service failing
             breaker.record_ignored(ticket)
             raise
         except httpx.TransportError:
-            breaker.record_failure(clock.now() - start, ticket)
+            breaker.record_failure(clock.now() - start if timed else 0.0, ticket)
             raise
         except BaseException:
             # Cancelled by the call's own deadline timer: a timeout, so a failure. Cancelled before the
             # deadline (the caller went away) or a programming error: no verdict.
             now = clock.now()
             if ctx.deadline is not None and now >= ctx.deadline:
-                breaker.record_failure(now - start, ticket)
+                breaker.record_failure(now - start if timed else 0.0, ticket)
             else:
                 breaker.record_ignored(ticket)
             raise
         if breaker.is_failure_status(response.status_code):
-            breaker.record_failure(clock.now() - start, ticket)
+            breaker.record_failure(clock.now() - start if timed else 0.0, ticket)
         else:
-            breaker.record_success(clock.now() - start, ticket)
+            breaker.record_success(clock.now() - start if timed else 0.0, ticket)
         return response
 
     async def aclose(self) -> None:

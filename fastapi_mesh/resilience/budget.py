@@ -88,7 +88,8 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Note one original request (a deposit)."""
-        self._advance()
+        if self.clock.now() // self.width > self._current:  # a new slot: age out what left the window
+            self._advance()
         self._requests[self._current % self._size] += 1
         self._request_sum += 1
 

@@ -57,9 +57,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
         replayable = isinstance(request.stream, httpx.ByteStream)
         if not replayable and max_attempts > 1 and config.max_body_bytes > 0:
             replayable = await _buffer_body(request, config.max_body_bytes)
-        budget = service.budget
-        budget.record_request()
-        hedge_delay = self._hedge_delay(ctx) if idempotent and replayable else None
+        service.budget.record_request()
+        hedge_delay = (
+            self._hedge_delay(ctx) if config.hedge_delay is not None and idempotent and replayable else None
+        )
         delay = 0.0
         while True:
             ctx.attempts += 1
