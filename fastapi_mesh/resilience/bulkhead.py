@@ -24,14 +24,18 @@ __all__ = ["Bulkhead", "BulkheadTransport"]
 class Bulkhead:
     """``limit`` concurrent holders, ``queue`` waiters (each for at most ``queue_timeout`` seconds)."""
 
-    __slots__ = ("active", "limit", "name", "queue", "queue_timeout", "rejected", "waiters")
+    __slots__ = ("active", "limit", "name", "queue", "queue_timeout", "rejected", "scope", "waiters")
 
-    def __init__(self, name: str, limit: int, queue: int = 0, queue_timeout: float | None = None) -> None:
+    def __init__(
+        self, name: str, limit: int, queue: int = 0, queue_timeout: float | None = None, scope: str = ""
+    ) -> None:
         if limit < 1:
             raise ValueError(f"bulkhead must be at least 1, not {limit}")
         if queue < 0:
             raise ValueError(f"queue must be 0 or more, not {queue}")
         self.name = name
+        #: What the limit is on, for messages ("route /api/users"); empty for a whole service.
+        self.scope = scope
         self.limit = limit
         self.queue = queue
         self.queue_timeout = queue_timeout
@@ -46,7 +50,9 @@ class Bulkhead:
             return
         if len(self.waiters) >= self.queue:
             self.rejected += 1
-            raise BulkheadFull(self.name, f"{self.active} running and {len(self.waiters)} queued (limit {self.limit})")
+            raise BulkheadFull(
+                self.name, f"{self._scope()}{self.active} running and {len(self.waiters)} queued (limit {self.limit})"
+            )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
@@ -58,10 +64,15 @@ class Bulkhead:
         except TimeoutError:
             self._abandon(waiter)
             self.rejected += 1
-            raise BulkheadFull(self.name, f"no slot within the queue timeout of {self.queue_timeout}s") from None
+            raise BulkheadFull(
+                self.name, f"{self._scope()}no slot within the queue timeout of {self.queue_timeout}s"
+            ) from None
         except BaseException:
             self._abandon(waiter)
             raise
+
+    def _scope(self) -> str:
+        return f"{self.scope}: " if self.scope else ""
 
     def _abandon(self, waiter: asyncio.Future[None]) -> None:
         if waiter in self.waiters:

@@ -95,7 +95,11 @@ class RoutePolicy:
 
     def __call__(self, handler: F) -> F:
         name = getattr(handler, "__name__", "route")
-        bulkhead = Bulkhead(name, self.bulkhead_limit, self.queue) if self.bulkhead_limit is not None else None
+        bulkhead = (
+            Bulkhead(self._service_name, self.bulkhead_limit, self.queue, scope=f"route handler {name}")
+            if self.bulkhead_limit is not None
+            else None
+        )
         is_async = inspect.iscoroutinefunction(handler)
         signature = _signature(handler)
         request_param = next(
