@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,7 @@ class CallContext:
         "attempts",
         "deadline",
         "endpoint",
+        "group",
         "inbound",
         "service",
         "stream",
@@ -66,6 +68,9 @@ class CallContext:
         self.timed = False
         self.endpoint: EndpointState | None = None
         self.tried: list[EndpointState] = []
+        #: The balancer's routing choice (a subset of the endpoints, or all of them), made at the first
+        #: attempt and kept for the call's retries and hedges. Opaque outside the balancer.
+        self.group: object | None = None
 
 
 class InboundContext:
@@ -73,9 +78,12 @@ class InboundContext:
 
     The raw headers are kept (no copy) for affinity keys; a header, the cookies and the caller's address
     behind trusted proxies are worked out only when a call asks, once per request.
+
+    ``issuable`` names the affinity cookies ``MeshMiddleware`` may set on the response: when a call asks
+    for one the request lacks, it gets a fresh random value, recorded in ``issued`` for the middleware.
     """
 
-    __slots__ = ("_address", "_cookies", "client_host", "deadline", "forward", "headers")
+    __slots__ = ("_address", "_cookies", "client_host", "deadline", "forward", "headers", "issuable", "issued")
 
     def __init__(
         self,
@@ -90,6 +98,8 @@ class InboundContext:
         self.headers = headers
         self._cookies: dict[str, str] | None = None
         self._address: tuple[object, str | None] | None = None
+        self.issuable: tuple[str, ...] = ()
+        self.issued: dict[str, str] | None = None
 
     @classmethod
     def from_headers(
@@ -118,8 +128,7 @@ class InboundContext:
         return None
 
     def cookies(self) -> dict[str, str]:
-        """The inbound request's cookies, parsed on first use. ``MeshMiddleware`` adds the affinity cookies
-        it is about to set, so calls made while serving this request already carry their value."""
+        """The inbound request's cookies, parsed on first use, with any affinity cookie issued since."""
         cookies = self._cookies
         if cookies is None:
             cookies = self._cookies = {}
@@ -129,7 +138,17 @@ class InboundContext:
         return cookies
 
     def cookie(self, name: str) -> str | None:
-        return self.cookies().get(name)
+        """The value of cookie ``name``. An ``issuable`` cookie the request lacks gets a fresh random value
+        here, once: every call made while serving this request hashes the same value, and
+        ``MeshMiddleware`` sets it on the response."""
+        cookies = self.cookies()
+        value = cookies.get(name)
+        if value is None and name in self.issuable:
+            value = cookies[name] = secrets.token_urlsafe(16)
+            if self.issued is None:
+                self.issued = {}
+            self.issued[name] = value
+        return value
 
     def client_address(self, trusted: Sequence[IPNetwork]) -> str | None:
         """The caller's address: the direct peer, unless the peer is one of the ``trusted`` proxies; then the

@@ -6,15 +6,17 @@ Records the inbound caller, deadline header and trace headers for outbound calls
 request (``Depends(get_mesh)`` gets the same without this middleware), and turns a ``MeshError`` that
 escapes a route into 503 with ``Retry-After`` (a deadline into 504) instead of a 500.
 
-When some upstream's affinity is keyed on a cookie (``load_balancer.affinity_key: "cookie:<name>"``), a
-request without that cookie gets a fresh random value for it: outbound calls made while serving the request
-hash that value, and the response sets the cookie (``Path=/; HttpOnly; SameSite=Lax``, ``Secure`` over
-https), so the client's next requests land on the same endpoints.
+When some upstream's affinity is keyed on a cookie (``load_balancer.affinity_key: "cookie:<name>"``) and
+a request without that cookie makes an outbound call keyed on it, the call gets a fresh random value for it
+(every later call of the request the same one), and the response sets the cookie (``Path=/; HttpOnly;
+SameSite=Lax``, ``Secure`` over https) -- a 503 or 504 made here from a ``MeshError`` too -- so the
+client's next requests land on the same endpoints. Requests that make no such call (probes, ``/metrics``,
+routes that call no upstream keyed on the cookie) get no cookie. The value is issued by the first call that
+needs it, so a call made after the response has started (while a body streams) cannot set it any more.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,7 +38,8 @@ class MeshMiddleware:
     def __init__(self, app: ASGIApp, mesh: Mesh) -> None:
         self.app = app
         self.mesh = mesh
-        #: Cookies some upstream's session affinity is keyed on: set on responses when the request lacks them.
+        #: Cookies some upstream's session affinity is keyed on: issued to requests that lack them and make a
+        #: call keyed on them, and then set on the response.
         self.affinity_cookies = affinity_cookie_names(mesh.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,16 +50,17 @@ class MeshMiddleware:
         inbound = InboundContext.from_headers(
             client[0] if client else None, scope.get("headers", ()), self.mesh.clock.now()
         )
+        inbound.issuable = self.affinity_cookies
         token = set_inbound(inbound)
         started = False
-        set_cookies = self._new_affinity_cookies(inbound, scope) if self.affinity_cookies else None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if set_cookies:
-                    message = {**message, "headers": [*message.get("headers", ()), *set_cookies]}
+                if inbound.issued:
+                    cookies = _set_cookie_headers(inbound.issued, scope.get("scheme") == "https")
+                    message = {**message, "headers": [*message.get("headers", ()), *cookies]}
             await send(message)
 
         try:
@@ -64,22 +68,12 @@ class MeshMiddleware:
         except MeshError as exc:
             if started:
                 raise
-            await mesh_error_response(exc)(scope, receive, send)
+            await mesh_error_response(exc)(scope, receive, send_wrapper)  # with the cookie the calls used
         finally:
             reset_inbound(token)
 
-    def _new_affinity_cookies(self, inbound: InboundContext, scope: Scope) -> list[tuple[bytes, bytes]] | None:
-        """Give the request a value for each affinity cookie it lacks; the ``Set-Cookie`` headers to send."""
-        jar = inbound.cookies()
-        headers: list[tuple[bytes, bytes]] | None = None
-        for name in self.affinity_cookies:
-            if name in jar:
-                continue
-            value = jar[name] = secrets.token_urlsafe(16)
-            cookie = f"{name}={value}; Path=/; HttpOnly; SameSite=Lax"
-            if scope.get("scheme") == "https":
-                cookie += "; Secure"
-            if headers is None:
-                headers = []
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
-        return headers
+
+def _set_cookie_headers(issued: dict[str, str], secure: bool) -> list[tuple[bytes, bytes]]:
+    """``Set-Cookie`` headers for the affinity cookies issued while serving a request."""
+    attributes = "; Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+    return [(b"set-cookie", f"{name}={value}{attributes}".encode("latin-1")) for name, value in issued.items()]

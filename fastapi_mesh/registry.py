@@ -123,7 +123,7 @@ class ServiceRegistry:
         return state
 
     def publish(self, name: str, endpoints: Sequence[Endpoint]) -> None:
-        """Discovery's callback: ``name`` now has exactly ``endpoints``."""
-        self.get(name).balancer.update(endpoints)
-        if self._events.wants(ENDPOINTS_CHANGED):
+        """Discovery's callback: ``name`` now has exactly ``endpoints`` (announced only when that changed)."""
+        changed = self.get(name).balancer.update(endpoints)
+        if changed and self._events.wants(ENDPOINTS_CHANGED):
             self._events.emit(ENDPOINTS_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))

@@ -4,8 +4,8 @@ A pick, in order:
 
 1. **Subset** (``routing``): the first rule matching the outbound request's headers names a subset, else the
    weighted split does (by the affinity key's hash when the call has one, so a key stays on one subset).
-   A retry or hedge stays in the subset of the call's first attempt. A subset without endpoints falls back
-   to all of them.
+   The choice is kept on the call (``CallContext.group``): a retry or hedge stays where the first attempt
+   went, a subset or all endpoints. A subset without endpoints falls back to all of them.
 2. **Zone**: with ``zone_aware`` and the mesh's ``zone`` set, the endpoints of the local zone are preferred
    while at least ``zone_min_healthy_percent`` of them are available (healthy and not ejected); when none
    of them can take the call (full, or all tried) it goes to any zone.
@@ -14,7 +14,12 @@ A pick, in order:
 4. **Endpoint**: with an affinity key (``ip-hash``, or ``session_affinity``), consistent hashing with bounded
    load; otherwise the strategy. Either way an endpoint is skipped while it is unhealthy (outside panic),
    at ``max_connections_per_instance``, ejected, or already tried in this call -- the last two only while
-   another is available. Every endpoint full: ``BulkheadFull`` at once.
+   another is available. Every endpoint full: ``BulkheadFull`` at once (each pool counts its full
+   endpoints, so this costs O(1)).
+
+Discovery updates are incremental: membership is compared by URL and content (a reordered identical set is
+no change), only the pools whose members changed are rebuilt, and their hash rings keep the points of the
+endpoints that stay (see ``hashing``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..discovery.base import Endpoint
 from ..errors import BulkheadFull, NoHealthyEndpoints
 from ..resilience.outlier import OutlierDetector
 from ..settings import LoadBalancerConfig, RoutingConfig
-from .hashing import Ring, key_hash, points_per_endpoint
+from .hashing import Ring, key_hash
 from .routing import Router, parse_affinity_key
 from .strategies import MAX_TRIES, PoolStrategy, Strategy, build_strategy
 
@@ -42,11 +47,17 @@ EWMA_ALPHA = 0.3
 DEFAULT_RTT = 0.030
 #: Slow start: the share of its weight a new endpoint gets at first (Envoy's ``min_weight_percent``).
 SLOW_START_MIN_WEIGHT = 0.1
-#: Consistent hashing: ring points looked at (bounded load, ineligible endpoints) before a full walk.
+#: Consistent hashing: ring points the fast path looks at before the slow path (the rest of the ring, each
+#: endpoint asked about once, the load bound still applied).
 MAX_HASH_WALK = 4 * MAX_TRIES
 
 _INF = math.inf
 _NO_TRIED: list[EndpointState] = []
+#: Eligibility levels a pick may relax to, by (any endpoint tried in this call, any endpoint ejected):
+#: 0 strict; 1 endpoints tried in this call allowed; 2 ejected endpoints too (at least one always stays).
+_STRICT: tuple[int, ...] = (0,)
+_LEVELS: tuple[tuple[tuple[int, ...], ...], ...] = ((_STRICT, (0, 2)), ((0, 1), (0, 1, 2)))
+_SPLIT_SCALE = 2.0**-32  # the low 32 bits of a key hash, as a fraction: the ring uses the high 32
 
 
 class EndpointState:
@@ -112,13 +123,20 @@ class EndpointState:
         return max(SLOW_START_MIN_WEIGHT, (now - start) / (until - start))
 
     def record(self, ok: bool, latency: float) -> None:
-        """Note one finished attempt (``ok`` is False for a 5xx or a transport failure)."""
+        """Note one finished attempt (``ok`` is False for a 5xx or a transport failure).
+
+        A failure never makes the endpoint look faster: it counts as at least the current latency average
+        (as at least ``DEFAULT_RTT`` when it is the first sample), so an endpoint that refuses connections
+        or answers 503 at once does not attract ``least-response-time`` traffic."""
         self.requests += 1
         if ok:
             self.consecutive_failures = 0
         else:
             self.failures += 1
             self.consecutive_failures += 1
+            floor = self.ewma if self.requests > 1 else DEFAULT_RTT
+            if latency < floor:
+                latency = floor
         self.ewma = latency if self.requests == 1 else self.ewma + EWMA_ALPHA * (latency - self.ewma)
 
     def observe_peak(self, ok: bool, latency: float, now: float, decay: float) -> None:
@@ -155,11 +173,12 @@ class EndpointState:
 
 
 class _Pool:
-    """Endpoints a pick chooses among (all of a service's, or one subset or zone of them), with counts."""
+    """Endpoints a pick chooses among (all of a service's, or one subset or zone of them), with counts:
+    ``healthy`` (passing health checks), ``in_flight`` (when tracked) and ``full`` (at the connection limit)."""
 
-    __slots__ = ("healthy", "in_flight", "members", "moved", "ring", "size", "strategy")
+    __slots__ = ("full", "healthy", "in_flight", "members", "moved", "ring", "size", "strategy")
 
-    def __init__(self, members: list[EndpointState], strategy: PoolStrategy, ring: Ring | None) -> None:
+    def __init__(self, members: list[EndpointState], strategy: PoolStrategy, ring: Ring | None, limit: int) -> None:
         self.members = members
         self.size = len(members)
         self.strategy = strategy
@@ -167,16 +186,20 @@ class _Pool:
         self.ring = ring
         self.healthy = sum(1 for s in members if s._healthy)
         self.in_flight = sum(s.in_flight for s in members)
+        self.full = sum(1 for s in members if s.in_flight >= limit)
 
 
 class _Group:
-    """One subset (or all endpoints): its pool, and its pool of the local zone when that is a proper part."""
+    """One subset (``name``; None: all endpoints): its pool, and its pool of the local zone when that is a
+    proper part. ``stale`` once a discovery update replaced it (a call's retries then look it up again)."""
 
-    __slots__ = ("all", "local")
+    __slots__ = ("all", "local", "name", "stale")
 
-    def __init__(self, all: _Pool, local: _Pool | None) -> None:
+    def __init__(self, name: str | None, all: _Pool, local: _Pool | None) -> None:
+        self.name = name
         self.all = all
         self.local = local
+        self.stale = False
 
 
 class Balancer:
@@ -258,7 +281,7 @@ class Balancer:
         self._track = config.strategy == "least-connections" or (self._hashing and self._c is not None)
         self.endpoints: list[EndpointState] = []
         self._by_url: dict[str, EndpointState] = {}
-        self._root = self._group([], None, {})
+        self._root = self._group(None, [], None, set(), {})
         self._groups: dict[str, _Group] = {}
         self._custom: Strategy | None = None
         self._populated = False
@@ -273,44 +296,51 @@ class Balancer:
 
     # --------------------------------------------------------------------------------------- updates
 
-    def update(self, endpoints: Sequence[Endpoint]) -> None:
-        """Replace the endpoint set; state of endpoints that stay (in flight, latency) is kept. The pools
-        are rebuilt (O(n)) only when the set, a weight, a zone or metadata changed."""
-        now = self._clock.now()
-        previous = self.endpoints
+    def update(self, endpoints: Sequence[Endpoint]) -> bool:
+        """Replace the endpoint set; returns whether it changed: an endpoint came or went, or changed its
+        weight, zone or metadata (the order does not count: DNS and Consul answers rotate). State of
+        endpoints that stay (in flight, latency) is kept. Only the pools whose members changed are rebuilt
+        (O(their size)); the others, their rotations and rings, stay as they are."""
+        by_url = self._by_url
         fresh: dict[str, EndpointState] = {}
-        changed = len(endpoints) != len(previous)
+        dirty: set[EndpointState] = set()  # new, or changed weight, zone or metadata
         warming = self._populated and self._window > 0
-        for i, endpoint in enumerate(endpoints):
-            state = self._by_url.get(endpoint.url)
+        now: float | None = None
+        for endpoint in endpoints:
+            url = endpoint.url
+            state = fresh.get(url) or by_url.get(url)
             if state is None:
+                if now is None:
+                    now = self._clock.now()
                 state = EndpointState(endpoint, now)
                 if warming:
                     state.warm_start = now
                     state.warm_until = now + self._window
                     self._warming_until = max(self._warming_until, state.warm_until)
-                changed = True
-            else:
-                if not changed and (i >= len(previous) or previous[i] is not state or state.endpoint != endpoint):
-                    changed = True
+                dirty.add(state)
+            elif state.endpoint != endpoint:  # Endpoint equality is by URL and content
                 state.endpoint = endpoint
                 state.weight = endpoint.weight
-            fresh[endpoint.url] = state
-        for url in self._by_url.keys() - fresh.keys():
-            self.outlier.forget(url)
-            self._by_url[url].pools = ()
+                dirty.add(state)
+            fresh[url] = state
+        removed = [state for url, state in by_url.items() if url not in fresh]
+        if not dirty and not removed:
+            return False
+        for state in removed:
+            self.outlier.forget(state.url)
+            state.pools = ()
         self._by_url = fresh
         self.endpoints = list(fresh.values())
-        if changed or len(self.endpoints) != len(previous):
-            self._rebuild()
+        self._rebuild(dirty)
         if self.endpoints:
             self._populated = True
+        return True
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, dirty: set[EndpointState]) -> None:
         members = self.endpoints
         memberships: dict[EndpointState, list[_Pool]] = {s: [] for s in members}
-        old_groups = self._groups
-        self._root = self._group(members, self._root, memberships)
+        old_root, old_groups = self._root, self._groups
+        root = self._group(None, members, old_root, dirty, memberships)
         groups: dict[str, _Group] = {}
         router = self._router
         if router is not None:
@@ -318,35 +348,58 @@ class Balancer:
             for name in sorted(router.names):
                 subset = [s for s in members if s.endpoint.metadata.get(key) == name]
                 if subset:
-                    groups[name] = self._group(subset, old_groups.get(name), memberships)
-        self._groups = groups
+                    groups[name] = self._group(name, subset, old_groups.get(name), dirty, memberships)
+        if old_root is not root:
+            old_root.stale = True
+        for name, old in old_groups.items():
+            if groups.get(name) is not old:
+                old.stale = True
+        self._root, self._groups = root, groups
         for state, pools in memberships.items():
             state.pools = tuple(pools)
         self._marked = [s for s in self._marked if s.pools]
 
     def _group(
-        self, members: list[EndpointState], old: _Group | None, memberships: dict[EndpointState, list[_Pool]]
+        self,
+        name: str | None,
+        members: list[EndpointState],
+        old: _Group | None,
+        dirty: set[EndpointState],
+        memberships: dict[EndpointState, list[_Pool]],
     ) -> _Group:
-        all_pool = self._pool(members, old.all if old is not None else None, memberships)
+        all_pool = self._pool(members, old.all if old is not None else None, dirty, memberships)
         local_pool = None
         if self._zone is not None:
             local = [s for s in members if s.endpoint.zone == self._zone]
             if 0 < len(local) < len(members):
-                local_pool = self._pool(local, old.local if old is not None else None, memberships)
-        return _Group(all_pool, local_pool)
+                local_pool = self._pool(local, old.local if old is not None else None, dirty, memberships)
+        if old is not None and old.all is all_pool and old.local is local_pool:
+            return old
+        return _Group(name, all_pool, local_pool)
 
     def _pool(
-        self, members: list[EndpointState], old: _Pool | None, memberships: dict[EndpointState, list[_Pool]]
+        self,
+        members: list[EndpointState],
+        old: _Pool | None,
+        dirty: set[EndpointState],
+        memberships: dict[EndpointState, list[_Pool]],
     ) -> _Pool:
-        config = self.config
-        strategy = build_strategy(config.strategy, self._rng, slow_start=self._window > 0, peak_ewma_decay=self._decay)
-        strategy.rebuild(members, old.strategy if old is not None else None)
-        ring = None
-        if self._hashing and members:
-            current = old.ring.per_endpoint if old is not None and old.ring is not None else None
-            ring = Ring(members, [float(s.weight) for s in members], points_per_endpoint(len(members), current))
-        pool = _Pool(members, strategy, ring)
-        for state in members:
+        if old is not None and old.size == len(members) and dirty.isdisjoint(members):
+            # No member is new or changed, and membership follows content: the same members (maybe reordered).
+            pool = old
+        else:
+            config = self.config
+            strategy = build_strategy(
+                config.strategy, self._rng, slow_start=self._window > 0, peak_ewma_decay=self._decay
+            )
+            strategy.rebuild(members, old.strategy if old is not None else None)
+            ring = None
+            if self._hashing and members:
+                weights = [float(s.weight) for s in members]
+                previous = old.ring if old is not None else None
+                ring = Ring(members, weights) if previous is None else previous.rebuilt(members, weights)
+            pool = _Pool(members, strategy, ring, self._limit)
+        for state in pool.members:
             memberships[state].append(pool)
         return pool
 
@@ -365,26 +418,31 @@ class Balancer:
     def pick(self, ctx: CallContext, headers: Mapping[str, str] | None = None) -> EndpointState:
         """The endpoint for the next attempt of ``ctx``; ``headers`` are the outbound request's (for routing
         rules). Raises ``NoHealthyEndpoints`` or ``BulkheadFull``."""
-        if not self.endpoints:
-            raise NoHealthyEndpoints(self.service, "no endpoints discovered (is the service name right?)")
-        now = self._now()
         key: str | None = None
         h: int | None = None
         if self._hashing or self._custom is not None:
-            key = self._affinity_key(ctx)
+            key = self._affinity_key(ctx)  # first: reading a cookie key is what has MeshMiddleware set it
             if key is not None and self._hashing:
                 h = key_hash(key)
+        if not self.endpoints:
+            raise NoHealthyEndpoints(self.service, "no endpoints discovered (is the service name right?)")
         group = self._root if self._router is None else self._route(ctx, headers, h)
-        self._tried = ctx.tried
-        self._check_ejected = self.outlier.any_ejected
+        tried = self._tried = ctx.tried
+        check_ejected = self._check_ejected = self.outlier.any_ejected
+        now = self._now()
         local = group.local
-        if local is not None and self._local_available(local):
-            state = self._pick_in(local, key, h, now, 0)  # other zones before a tried or ejected local one
+        if local is not None and local.full < local.size and self._local_available(local):
+            state = self._pick_in(local, key, h, now, _STRICT)  # other zones before a tried or ejected local one
             if state is not None:
                 return state
-        state = self._pick_in(group.all, key, h, now, 2)
+        pool = group.all
+        if pool.full == pool.size:
+            raise BulkheadFull(self.service, f"every endpoint is at max_connections_per_instance ({self._limit})")
+        if not pool.healthy and not self._panic_pct:
+            raise NoHealthyEndpoints(self.service, f"all {pool.size} endpoints are unhealthy")
+        state = self._pick_in(pool, key, h, now, _LEVELS[bool(tried)][check_ejected])
         if state is None:
-            raise self._exhausted(group.all)
+            raise self._exhausted(pool)
         return state
 
     def _now(self) -> float:
@@ -396,49 +454,43 @@ class Balancer:
             return now
         return self._clock.now() if self._needs_clock else _INF
 
-    def _pick_in(self, pool: _Pool, key: str | None, h: int | None, now: float, max_level: int) -> EndpointState | None:
+    def _pick_in(
+        self, pool: _Pool, key: str | None, h: int | None, now: float, levels: tuple[int, ...]
+    ) -> EndpointState | None:
+        """The fast path (a bounded number of checks), then the slow path: every endpoint, strictly eligible
+        first; then, as ``levels`` allow, 1: endpoints tried in this call; 2: ejected ones too (at least one
+        endpoint always stays)."""
         self._panic = pool.healthy * 100.0 < self._panic_pct * pool.size
         self._level = 0
         ok = self._ok
-        ring = pool.ring
-        if h is not None and ring is not None:
+        ring = pool.ring if h is not None else None
+        hashed = h or 0  # the key's hash, when ``ring`` is set
+        capacity = _INF
+        if ring is not None:
             c = self._c
-            capacity = _INF if c is None else math.ceil(c * (pool.in_flight + 1) / pool.size)
-            state = ring.walk(h, ok, capacity, MAX_HASH_WALK)
-            if state is not None:
-                return state
-            for level in self._levels(max_level):
-                self._level = level
-                state = ring.walk(h, ok, _INF, len(ring.owners))
-                if state is not None:
-                    return state
-            return None
-        custom = self._custom
-        if custom is not None:
-            for level in self._levels(max_level):
-                self._level = level
-                candidates = [s for s in pool.members if ok(s)]
-                if candidates:
-                    return candidates[0] if len(candidates) == 1 else custom.choose(candidates, key)
-            return None
-        strategy = pool.strategy
-        state = strategy.pick(ok, now, not self._tried)
+            if c is not None:
+                capacity = math.ceil(c * (pool.in_flight + 1) / pool.size)
+            state = ring.walk(hashed, ok, capacity, MAX_HASH_WALK)
+        elif self._custom is not None:
+            state = None  # a custom strategy is handed the eligible endpoints
+        else:
+            state = pool.strategy.pick(ok, now, not self._tried)
         if state is not None:
             return state
-        for level in self._levels(max_level):  # most of the pool is out: look at every endpoint
+        for level in levels:
             self._level = level
+            if ring is not None:
+                state = ring.search(hashed, ok, capacity if level == 0 else _INF)
+                if state is not None:
+                    return state
+                continue
             candidates = [s for s in pool.members if ok(s)]
             if candidates:
-                return strategy.scan(candidates, now)
+                custom = self._custom
+                if custom is None:
+                    return pool.strategy.scan(candidates, now)
+                return candidates[0] if len(candidates) == 1 else custom.choose(candidates, key)
         return None
-
-    def _levels(self, max_level: int) -> tuple[int, ...]:
-        """Strict first; then tried endpoints allowed; then ejected ones too (at least one always stays)."""
-        if max_level == 0 or (not self._tried and not self._check_ejected):
-            return (0,)
-        if not self._check_ejected:
-            return (0, 1)
-        return (0, 1, 2) if self._tried else (0, 2)
 
     def _eligible(self, state: EndpointState) -> bool:
         if state.in_flight >= self._limit:
@@ -453,7 +505,7 @@ class Balancer:
         return not (level < 2 and self._check_ejected and self.outlier.is_ejected(state.endpoint.url))
 
     def _exhausted(self, pool: _Pool) -> Exception:
-        if self._panic or any(s._healthy for s in pool.members):
+        if self._panic or pool.healthy:
             return BulkheadFull(self.service, f"every endpoint is at max_connections_per_instance ({self._limit})")
         return NoHealthyEndpoints(self.service, f"all {pool.size} endpoints are unhealthy")
 
@@ -471,19 +523,23 @@ class Balancer:
         return inbound.cookie(self._key_name)
 
     def _route(self, ctx: CallContext, headers: Mapping[str, str] | None, h: int | None) -> _Group:
-        router = self._router
-        assert router is not None
-        tried = ctx.tried
-        if tried:  # a retry or a hedge stays in the subset of the call's first attempt
-            name = tried[0].endpoint.metadata.get(router.subset_key)
+        """The group of the call's first attempt (kept on ``ctx``), else the routing's choice for it now."""
+        group = ctx.group
+        if isinstance(group, _Group):
+            if not group.stale:
+                return group
+            # The endpoints changed since the first attempt: that subset as it is now.
+            name = group.name
         else:
+            router = self._router
+            assert router is not None
             name = router.rule_subset(headers)
             if name is None and router.has_split:
-                u = (h >> 11) * 2.0**-53 if h is not None else self._rng.random()
+                u = (h & 0xFFFFFFFF) * _SPLIT_SCALE if h is not None else self._rng.random()
                 name = router.split_subset(u)
-        if name is None:
-            return self._root
-        return self._groups.get(name, self._root)
+        group = self._root if name is None else self._groups.get(name, self._root)
+        ctx.group = group
+        return group
 
     def _local_available(self, pool: _Pool) -> bool:
         available = pool.healthy
@@ -507,9 +563,12 @@ class Balancer:
 
     def acquire(self, state: EndpointState) -> None:
         """One more call in flight on ``state`` (the balancer layer calls this right after ``pick``)."""
-        state.in_flight += 1
+        new = state.in_flight + 1
+        state.in_flight = new
+        if new == self._limit:
+            for pool in state.pools:
+                pool.full += 1
         if self._track:
-            new = state.in_flight
             for pool in state.pools:
                 pool.in_flight += 1
                 moved = pool.moved
@@ -522,6 +581,9 @@ class Balancer:
         if old <= 0:
             return
         state.in_flight = old - 1
+        if old == self._limit:
+            for pool in state.pools:
+                pool.full -= 1
         if self._track:
             for pool in state.pools:
                 pool.in_flight -= 1

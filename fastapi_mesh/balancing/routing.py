@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
+import httpx
+from starlette.datastructures import Headers as StarletteHeaders
+
 from ..settings import DEFAULT_SUBSET_KEY, MeshSettings, RoutingConfig
 
 __all__ = ["AffinitySource", "Router", "affinity_cookie_names", "parse_affinity_key"]
 
 AffinitySource = Literal["client-ip", "header", "cookie"]
+
+#: Header mappings whose ``get`` ignores case; any other mapping is lower-cased before rules look at it.
+_CASELESS = (httpx.Headers, StarletteHeaders)
 
 
 class Router:
@@ -46,9 +52,12 @@ class Router:
         return self._total > 0
 
     def rule_subset(self, headers: Mapping[str, str] | None) -> str | None:
-        """The subset of the first rule whose headers all match ``headers`` (outbound), or None."""
-        if headers is None:
+        """The subset of the first rule whose headers all match ``headers`` (outbound; names in any case,
+        also in a plain dict), or None."""
+        if headers is None or not self.rules:
             return None
+        if not isinstance(headers, _CASELESS):
+            headers = {name.lower(): value for name, value in headers.items()}
         for match, subset in self.rules:
             for name, value in match:
                 if headers.get(name) != value:

@@ -5,10 +5,17 @@ balancer's ``strategy``; it is then handed the eligible endpoints on each pick (
 
 The built-in strategies are ``PoolStrategy`` objects, one per pool of endpoints (a service's endpoints, or
 a subset or zone of them), rebuilt when discovery changes the pool, never per pick. A pick first calls
-``pick(ok, now, first)``: a bounded number of tries, each taking the strategy's next choice and asking
-``ok`` (healthy, not ejected, under its connection limit, not tried in this call), so O(1) or O(log n)
-whatever the pool's size. Only when those tries find nothing (most of the pool is out) does the balancer
-collect the eligible endpoints and call ``scan(candidates, now)``, which is O(n).
+``pick(ok, now, first)``, which asks ``ok`` (healthy, not ejected, under its connection limit, not tried in
+this call) about the strategy's next choices:
+
+- ``random``, ``least-response-time`` and ``p2c-ewma`` make a bounded number of random tries;
+- ``least-connections`` looks at a bounded number of endpoints, from the lowest in-flight count up;
+- ``round-robin`` and ``weighted`` go on along their rotation until an endpoint is ``ok``, and every endpoint
+  passed over by a first attempt loses its turn: a run of L ineligible endpoints costs L checks once per
+  rotation, not per pick, so a pick is O(1) (O(log n) for ``weighted``) amortised.
+
+Only when ``pick`` finds nothing (most of the pool is out) does the balancer collect the eligible endpoints
+and call ``scan(candidates, now)``, which is O(n).
 
 ``first`` is False for a call's retries and hedges: they take an endpoint without using up its turn in a
 rotation. Otherwise each call to a failing endpoint would use two turns, and with two endpoints the
@@ -20,6 +27,7 @@ else infinity; ``state.warm_until > now`` tells a strategy that ``state`` is sti
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -42,14 +50,14 @@ __all__ = [
     "build_strategy",
 ]
 
-#: Tries of the fast path before a pick falls back to scanning the pool.
+#: Random tries of the fast path before a pick falls back to scanning the pool.
 MAX_TRIES = 8
+#: ``least-connections``: endpoints a pick looks at before it falls back to scanning the pool.
+MAX_LOOKS = 4 * MAX_TRIES
 #: Weighted: deadlines are integers, 1 / weight in units of 2**-32; the low bits of a heap key hold the index.
 _SCALE = 1 << 32
 _INDEX_BITS = 24
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
-#: A least-connections bucket up to this size is searched whole (from a random start); larger ones sampled.
-SMALL_BUCKET = 8
 
 Eligible = Callable[["EndpointState"], bool]
 Moved = Callable[["EndpointState", int, int], None]
@@ -90,7 +98,8 @@ class Weighted:
 
     Picks are interleaved, O(log n) each. Each endpoint has a deadline in a heap; a pick takes the earliest
     and moves it on by 1 / weight (the weight it has now, so slow start ramps it up). An ineligible endpoint
-    loses its turn. Weight 0: no turns while an endpoint with a weight is eligible.
+    loses its turn, and the pick takes the next. Weight 0: no turns while an endpoint with a weight is
+    eligible.
     """
 
     __slots__ = ("_heap", "_members", "_steps", "moved")
@@ -136,7 +145,7 @@ class Weighted:
             return None if best < 0 else members[best & _INDEX_MASK]
         steps = self._steps
         replace = heapq.heapreplace
-        for _ in range(min(MAX_TRIES, len(heap))):
+        for _ in range(len(heap)):  # each endpoint passed over loses its turn: a run costs once per rotation
             key = heap[0]
             i = key & _INDEX_MASK
             state = members[i]
@@ -192,7 +201,7 @@ class RoundRobin:
         members = self._members
         n = len(members)
         start = self._next
-        for step in range(min(MAX_TRIES, n)):
+        for step in range(n):  # the endpoints passed over lose their turn: a run costs once per rotation
             state = members[(start + step) % n]
             if ok(state):
                 if first:
@@ -272,17 +281,23 @@ class RandomChoice:
 class LeastConnections:
     """Fewest calls in flight; ties broken at random.
 
-    Buckets by in-flight count: O(1) per pick and per change of a count. Weights and slow start do not
-    apply."""
+    Buckets of endpoints by in-flight count, and the sorted list of the counts whose bucket is not empty
+    (kept by binary search when a bucket empties or fills): O(1) per pick and per change of a count. A pick
+    goes up the non-empty buckets from the lowest, looking at ``MAX_LOOKS`` endpoints at most: a bucket that
+    fits in what is left is searched whole from a random start, a larger one is sampled at random
+    (``MAX_TRIES``) before the pick moves on to the next, so a crowd of idle ejected endpoints in the lowest
+    bucket costs a few looks, not a scan. Weights do not apply; slow start does: a warming endpoint is
+    passed over with probability 1 - its warmth.
+    """
 
-    __slots__ = ("_buckets", "_low", "_members", "_pos", "_rng", "moved")
+    __slots__ = ("_buckets", "_members", "_occupied", "_pos", "_rng", "moved")
 
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._members: list[EndpointState] = []
         self._buckets: list[list[EndpointState]] = []
+        self._occupied: list[int] = []  # sorted in-flight counts whose bucket is not empty
         self._pos: dict[EndpointState, int] = {}
-        self._low = 0
         self.moved: Moved | None = self._moved
 
     def rebuild(self, members: list[EndpointState], previous: PoolStrategy | None) -> None:
@@ -297,7 +312,7 @@ class LeastConnections:
             buckets[k].append(state)
         self._buckets = buckets
         self._pos = pos
-        self._low = next((k for k, b in enumerate(buckets) if b), 0)
+        self._occupied = [k for k, bucket in enumerate(buckets) if bucket]
 
     def _moved(self, state: EndpointState, old: int, new: int) -> None:
         buckets = self._buckets
@@ -311,46 +326,52 @@ class LeastConnections:
         if last is not state:
             bucket[i] = last
             pos[last] = i
+        occupied = self._occupied
+        if not bucket:
+            del occupied[bisect.bisect_left(occupied, old)]
         while len(buckets) <= new:
             buckets.append([])
         target = buckets[new]
+        if not target:
+            bisect.insort(occupied, new)
         pos[state] = len(target)
         target.append(state)
-        if new < self._low:
-            self._low = new
-        elif old == self._low and not bucket:
-            self._low = new  # the lowest bucket emptied by an increment: ``state`` is now the lowest
 
     def pick(self, ok: Eligible, now: float, first: bool) -> EndpointState | None:
         buckets = self._buckets
-        rnd = self._rng.random
-        tries = 0
-        k = self._low
-        while k < len(buckets) and tries < 4 * MAX_TRIES:
+        rng = self._rng
+        rnd = rng.random
+        left = MAX_LOOKS
+        for k in self._occupied:
             bucket = buckets[k]
             m = len(bucket)
-            if m <= SMALL_BUCKET:
+            if m <= left:  # the whole bucket, from a random start
                 start = int(rnd() * m) if m > 1 else 0
                 for j in range(m):
                     state = bucket[(start + j) % m]
+                    if state.warm_until > now and not _warm_accepts(state, now, rng):
+                        continue
                     if ok(state):
                         return state
-                tries += m
-            else:
+                left -= m
+            else:  # a sample, then on to the next bucket
                 for _ in range(MAX_TRIES):
                     state = bucket[int(rnd() * m)]
+                    if state.warm_until > now and not _warm_accepts(state, now, rng):
+                        continue
                     if ok(state):
                         return state
-                tries += MAX_TRIES
-                # A large bucket whose samples all failed: let the scan decide rather than skip the bucket.
-                return None
-            k += 1
+                left -= MAX_TRIES
+            if left <= 0:
+                break
         return None
 
     def scan(self, candidates: Sequence[EndpointState], now: float) -> EndpointState:
-        low = min(s.in_flight for s in candidates)
-        ties = [s for s in candidates if s.in_flight == low]
-        return ties[int(self._rng.random() * len(ties))]
+        rng = self._rng
+        accepted = [s for s in candidates if s.warm_until <= now or _warm_accepts(s, now, rng)] or candidates
+        low = min(s.in_flight for s in accepted)
+        ties = [s for s in accepted if s.in_flight == low]
+        return ties[int(rng.random() * len(ties))]
 
 
 class LeastResponseTime:
@@ -367,6 +388,7 @@ class LeastResponseTime:
         self._members = members
 
     def cost(self, state: EndpointState, now: float) -> float:
+        """The lower, the better. ``now`` is for subclasses whose cost changes with time (``p2c-ewma``)."""
         if state.requests:
             return state.ewma
         # No answer yet: free while idle, but not a target for a herd while its first calls are pending.

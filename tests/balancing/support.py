@@ -79,6 +79,19 @@ def call(
     return ctx
 
 
+def count_checks(b: Balancer) -> list[int]:
+    """Count the balancer's eligibility checks from now on: the returned list's one item is the count."""
+    counter = [0]
+    eligible = b._eligible
+
+    def counting(state: EndpointState) -> bool:
+        counter[0] += 1
+        return eligible(state)
+
+    b._ok = counting
+    return counter
+
+
 def host(state: EndpointState) -> str:
     """``10.0.0.3`` for ``http://10.0.0.3:8080``."""
     return state.endpoint.host

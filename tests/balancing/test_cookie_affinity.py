@@ -25,15 +25,19 @@ def upstream(request: httpx.Request) -> httpx.Response:
 def settings(**load_balancer: object) -> MeshSettings:
     return MeshSettings(
         service_name="gateway",
-        discovery={"endpoints": {"svc": URLS}},
+        discovery={"endpoints": {"svc": URLS, "other": URLS}},
         load_balancer={"session_affinity": True, "affinity_key": "cookie:mesh-session", **load_balancer},
+        services={"other": {"load_balancer": {"affinity_key": "client-ip"}}},
     )
 
 
 @asynccontextmanager
-async def gateway(mesh_settings: MeshSettings, middleware: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway(
+    mesh_settings: MeshSettings, middleware: bool = True, base_url: str = "http://gw"
+) -> AsyncIterator[httpx.AsyncClient]:
     mesh = Mesh(mesh_settings, transport=httpx.MockTransport(upstream))
     app = FastAPI(lifespan=mesh.lifespan)
+    app.include_router(mesh.router)
     if middleware:
         app.add_middleware(MeshMiddleware, mesh=mesh)
 
@@ -41,9 +45,21 @@ async def gateway(mesh_settings: MeshSettings, middleware: bool = True) -> Async
     async def where(client: MeshClient = Depends(get_mesh)) -> dict[str, str]:
         return {"host": (await client.get("svc", "/")).json()["host"]}
 
+    @app.get("/twice")
+    async def twice(client: MeshClient = Depends(get_mesh)) -> list[str]:
+        return [(await client.get("svc", "/")).json()["host"] for _ in range(2)]
+
+    @app.get("/other")
+    async def other(client: MeshClient = Depends(get_mesh)) -> str:
+        return str((await client.get("other", "/")).json()["host"])
+
+    @app.get("/local")
+    async def local() -> str:
+        return "no upstream"
+
     async with (
         LifespanManager(app) as manager,
-        httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url="http://gw") as http,
+        httpx.AsyncClient(transport=httpx.ASGITransport(manager.app), base_url=base_url) as http,
     ):
         yield http
 
@@ -102,3 +118,17 @@ def test_cookie_names_come_from_global_and_per_service_settings() -> None:
         },
     )
     assert affinity_cookie_names(s) == ("a", "b", "c")
+
+
+async def test_cookie_is_set_only_for_requests_whose_calls_are_keyed_on_it() -> None:
+    """Probes, /metrics, a route without outbound calls and one calling an upstream keyed on something else
+    get no cookie; a route calling twice hashes one value (one endpoint) and sets it once, Secure over https."""
+    async with gateway(settings(), base_url="https://gw") as http:
+        for path in ("/health/live", "/health/ready", "/metrics", "/local", "/other"):
+            response = await http.get(path)
+            assert response.status_code == 200, path
+            assert "set-cookie" not in response.headers, path
+        response = await http.get("/twice")
+    assert len(set(response.json())) == 1
+    assert len(response.headers.get_list("set-cookie")) == 1
+    assert response.headers["set-cookie"].endswith("; Secure")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -101,25 +102,37 @@ def test_ejected_endpoint_is_used_when_it_is_the_only_one_left() -> None:
     assert b.pick(call()) is first
 
 
-@pytest.mark.parametrize("strategy", ["round-robin", "weighted", "random", "least-response-time", "p2c-ewma"])
-def test_slow_start_ramps_a_new_endpoint_up(strategy: str) -> None:
-    """A third endpoint added with a 10 s slow start gets 10% of its weight at first, 50% at 5 s, all at 10 s.
+@pytest.mark.parametrize("strategy", ["round-robin", "weighted"])
+def test_slow_start_ramps_a_new_endpoint_up_exactly(strategy: str) -> None:
+    """A third endpoint added with a 10 s slow start has weight f = 10%, 50%, 100% at 0, 5 and 10 s; the
+    deterministic strategies then give it exactly one pick in every (2 + f) / f: every 21st, 5th, 3rd."""
+    clock = ManualClock()
+    b = balancer(endpoints(2), clock=clock, strategy=strategy, slow_start_window=10)
+    b.update(endpoints(3))
+    new = b.endpoints[2]
+    for elapsed, warmth, every in ((0.0, 0.1, 21), (5.0, 0.5, 5), (10.0, 1.0, 3)):
+        clock.advance(elapsed - clock.now())
+        assert new.warmth(clock.now()) == warmth
+        hits = [i for i in range(300) if b.pick(call()) is new]
+        assert {later - earlier for earlier, later in itertools.pairwise(hits)} == {every}
 
-    Weighted strategies give it f / (2 + f) of the calls at warmth f; the power-of-two-choices ones pass it
-    over with probability 1 - f, which with equal latencies gives it f / 3.
-    """
+
+@pytest.mark.parametrize("strategy", ["random", "least-response-time", "p2c-ewma", "least-connections"])
+def test_slow_start_ramps_a_new_endpoint_up(strategy: str) -> None:
+    """The same ramp for the random strategies: ``random`` gives the new endpoint f / (2 + f) of the calls at
+    warmth f; the power-of-two-choices ones and least-connections pass it over with probability 1 - f,
+    which with equal latencies (and nothing in flight) gives it f / 3."""
     clock = ManualClock()
     b = balancer(endpoints(2), clock=clock, strategy=strategy, slow_start_window=10, seed=5)
     b.update(endpoints(3))
     new = b.endpoints[2]
     for state in b.endpoints:
         b.record(state, True, 0.01)
-    weighted = strategy in ("round-robin", "weighted", "random")
     for elapsed, warmth in ((0.0, 0.1), (5.0, 0.5), (10.0, 1.0)):
         clock.advance(elapsed - clock.now())
         assert new.warmth(clock.now()) == warmth
         share = sum(b.pick(call()) is new for _ in range(6_000)) / 6_000
-        assert share == pytest.approx(warmth / (2 + warmth) if weighted else warmth / 3, abs=0.02)
+        assert share == pytest.approx(warmth / (2 + warmth) if strategy == "random" else warmth / 3, abs=0.02)
 
 
 def test_initial_endpoints_do_not_slow_start() -> None:

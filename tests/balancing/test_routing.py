@@ -78,12 +78,46 @@ def test_empty_subset_falls_back_to_all_endpoints() -> None:
 
 
 def test_retry_stays_in_the_subset_of_the_first_attempt() -> None:
-    """A retry of a call whose first attempt went to v2 is picked inside v2 again."""
+    """A retry of a call whose first attempt went to v2 (by a rule) is picked inside v2 again, even though
+    the retry's headers no longer match and the split would mostly say v1."""
     b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
-    first = b.pick(call(), httpx.Headers({"x-canary": "true"}))
     for _ in range(20):
-        retry = b.pick(call(tried=[first]))
+        ctx = call()
+        first = b.pick(ctx, httpx.Headers({"x-canary": "true"}))
+        ctx.tried.append(first)
+        retry = b.pick(ctx, httpx.Headers())
         assert retry.endpoint.metadata["version"] == "v2" and retry is not first
+
+
+def test_retry_of_a_call_sent_to_all_endpoints_may_leave_the_tried_subset() -> None:
+    """Rules only: a call no rule matched goes to all endpoints, and so do its retries -- a first attempt
+    that happened to land on the one v2 endpoint is retried on a v1 one, not trapped in v2."""
+    meta = [{"version": "v1"}, {"version": "v1"}, {"version": "v2"}]
+    b = balancer(endpoints(3, metadata=meta), routing={"rules": CANARY["rules"]})
+    for _ in range(9):
+        ctx = call()
+        first = b.pick(ctx, httpx.Headers())
+        ctx.tried.append(first)
+        assert b.pick(ctx, httpx.Headers()) is not first
+
+
+def test_retry_after_an_endpoint_change_stays_in_the_subset_as_it_is_now() -> None:
+    """Discovery replaces v2's endpoints between two attempts: the retry goes to the new v2 endpoint."""
+    b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
+    ctx = call()
+    first = b.pick(ctx, httpx.Headers({"x-canary": "true"}))
+    ctx.tried.append(first)
+    moved = endpoints(6, metadata=[*VERSIONS[:4], {"version": "v1"}, {"version": "v2"}])
+    moved.append(endpoints(1, metadata=[{"version": "v2"}], start=7)[0])
+    assert b.update(moved)
+    retry = b.pick(ctx, httpx.Headers())
+    assert retry.endpoint.metadata["version"] == "v2" and retry is not first
+
+
+def test_rules_match_plain_dict_headers_in_any_case() -> None:
+    """Rules given "x-canary" match a plain dict carrying "X-Canary" (httpx.Headers ignore case anyway)."""
+    b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
+    assert {b.pick(call(), {"X-Canary": "true"}).endpoint.metadata["version"] for _ in range(10)} == {"v2"}
 
 
 def test_affinity_key_keeps_a_user_on_one_subset() -> None:

@@ -8,10 +8,12 @@ from collections import Counter
 import pytest
 
 from fastapi_mesh.balancing import Balancer, EndpointState, build_strategy
+from fastapi_mesh.balancing.balancer import DEFAULT_RTT
 from fastapi_mesh.balancing.hashing import Ring, key_hash, points_per_endpoint
-from fastapi_mesh.balancing.strategies import MAX_TRIES
+from fastapi_mesh.balancing.strategies import MAX_TRIES, LeastConnections
 from fastapi_mesh.clock import ManualClock
-from tests.balancing.support import CHI2_999, balancer, call, chi_square, endpoints, host
+from fastapi_mesh.errors import BulkheadFull, NoHealthyEndpoints
+from tests.balancing.support import CHI2_999, balancer, call, chi_square, count_checks, endpoints, host
 
 STRATEGIES = ["round-robin", "random", "weighted", "least-connections", "least-response-time", "ip-hash", "p2c-ewma"]
 
@@ -97,6 +99,31 @@ def test_least_connections_stays_exact_under_churn() -> None:
             assert state.in_flight == min(s.in_flight for s in b.endpoints)
             b.acquire(state)
             held.append(state)
+    strategy = b._root.all.strategy
+    assert isinstance(strategy, LeastConnections)
+    assert strategy._occupied == sorted({s.in_flight for s in b.endpoints})
+
+
+def test_least_connections_skips_empty_counts_and_slow_starts() -> None:
+    """A warming endpoint idle next to endpoints carrying 500 calls each: a pick that passes it over goes
+    straight to the 500 bucket (no walk through 499 empty ones), and it gets about its warmth's share."""
+    clock = ManualClock()
+    b = balancer(
+        endpoints(3), strategy="least-connections", slow_start_window=10, clock=clock, max_connections_per_instance=1000
+    )
+    for state in b.endpoints:
+        for _ in range(500):
+            b.acquire(state)
+    b.update(endpoints(4))
+    new = b.endpoints[3]
+    clock.advance(5.0)  # warmth 0.5
+    strategy = b._root.all.strategy
+    assert isinstance(strategy, LeastConnections)
+    assert strategy._occupied == [0, 500]
+    checked = count_checks(b)
+    share = sum(b.pick(call()) is new for _ in range(2_000)) / 2_000
+    assert share == pytest.approx(0.5, abs=0.05)
+    assert checked[0] <= 2_000 * 2
 
 
 def test_least_response_time_avoids_the_slow_endpoint() -> None:
@@ -293,6 +320,83 @@ def test_unknown_strategy_is_refused() -> None:
         build_strategy("fastest", random.Random(0))
 
 
-def test_fast_path_bound_is_small() -> None:
-    """The fast path gives up after a handful of tries (the scan takes over)."""
-    assert MAX_TRIES <= 16
+def test_random_fast_path_gives_way_to_the_scan_after_max_tries() -> None:
+    """With one free endpoint among 1,000, random spends exactly MAX_TRIES checks on its fast path and one
+    scan of the pool (1,000 checks), and finds it."""
+    b = balancer(endpoints(1_000), strategy="random", max_connections_per_instance=1, seed=2)
+    free = b.endpoints[500]
+    for state in b.endpoints:
+        if state is not free:
+            b.acquire(state)
+    checked = count_checks(b)
+    assert b.pick(call()) is free
+    assert checked[0] == MAX_TRIES + 1_000
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "weighted", "ip-hash"])
+def test_a_run_of_ineligible_endpoints_costs_once_per_rotation(strategy: str) -> None:
+    """Twenty neighbours in the rotation ejected: over a full rotation of 980 picks each of them is checked
+    once, not once per pick (no scan of the pool either)."""
+    b = balancer(endpoints(1_000), strategy=strategy, outlier={"consecutive_failures": 1, "max_ejection_percent": 100})
+    for state in b.endpoints[100:120]:
+        b.record(state, False, 0.01)
+    assert sum(b.outlier.is_ejected(s.url) for s in b.endpoints) == 20
+    checked = count_checks(b)
+    got = [b.pick(call()) for _ in range(980)]
+    assert len(set(got)) == 980
+    assert checked[0] == 1_000
+
+
+@pytest.mark.parametrize("variant", [*STRATEGIES, "session affinity"])
+def test_every_endpoint_full_is_rejected_without_looking_at_any(variant: str) -> None:
+    """Each pool counts its full endpoints: with all 500 at their limit, BulkheadFull costs no check."""
+    settings = {"strategy": "least-response-time", "session_affinity": True} if variant == "session affinity" else {}
+    b = balancer(endpoints(500), max_connections_per_instance=2, **({"strategy": variant} | settings))
+    for state in b.endpoints:
+        b.acquire(state)
+        b.acquire(state)
+    checked = count_checks(b)
+    with pytest.raises(BulkheadFull):
+        b.pick(call(client="192.0.2.1"))
+    assert checked[0] == 0
+    b.release(b.endpoints[7])
+    assert b.pick(call(client="192.0.2.1")) is b.endpoints[7]
+
+
+def test_all_unhealthy_without_panic_is_rejected_without_looking_at_any() -> None:
+    """panic_threshold 0 and no endpoint healthy: NoHealthyEndpoints at once."""
+    b = balancer(endpoints(200), panic_threshold=0)
+    for state in b.endpoints:
+        state.healthy = False
+    checked = count_checks(b)
+    with pytest.raises(NoHealthyEndpoints):
+        b.pick(call())
+    assert checked[0] == 0
+
+
+@pytest.mark.parametrize("settings", [{"strategy": "ip-hash"}, {"session_affinity": True}])
+def test_weight_zero_endpoint_is_the_last_resort_with_hashing(settings: dict[str, object]) -> None:
+    """Weight 0 is on no ring: keys never land on it while a weighted endpoint can take them, and it takes
+    them when none can (full), rather than BulkheadFull."""
+    b = balancer(endpoints(3, weights=[1, 1, 0]), max_connections_per_instance=1, **settings)
+    drained = b.endpoints[2]
+    assert drained not in {b.pick(call(key=f"user-{i}")) for i in range(200)}
+    b.acquire(b.endpoints[0])
+    b.acquire(b.endpoints[1])
+    assert {b.pick(call(key=f"user-{i}")) for i in range(20)} == {drained}
+
+
+def test_failures_never_make_an_endpoint_look_faster() -> None:
+    """A fast failure counts as the latency average so far (as DEFAULT_RTT when it comes first), so an
+    endpoint answering 503 in 1 ms does not win least-response-time pairings."""
+    b = balancer(endpoints(2), strategy="least-response-time")
+    healthy, failing = b.endpoints
+    b.record(healthy, True, 0.020)
+    b.record(failing, False, 0.001)
+    assert failing.ewma == DEFAULT_RTT
+    b.record(failing, False, 0.001)
+    assert failing.ewma == DEFAULT_RTT
+    b.record(failing, True, 0.001)
+    assert failing.ewma < DEFAULT_RTT  # a real fast answer does count
+    b.record(healthy, False, 0.5)
+    assert healthy.ewma == pytest.approx(0.020 + 0.3 * (0.5 - 0.020))  # a slow failure counts as it is

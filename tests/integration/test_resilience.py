@@ -23,6 +23,7 @@ from fastapi_mesh import (
     UpstreamUnavailable,
     get_mesh,
 )
+from fastapi_mesh.resilience.hedge import MIN_SAMPLES
 from tests.upstreams import Fleet, unused_port
 
 pytestmark = pytest.mark.anyio
@@ -286,14 +287,21 @@ async def test_p95_hedging_waits_for_enough_samples(fleet: Fleet) -> None:
     first, second = await fleet.start(2)
     settings = settings_for([first.url, second.url], retry={"max_retries": 0, "hedge_delay": "p95"})
     async with MeshClient(settings) as client:
-        for _ in range(30):
+        first.mode = "slow"
+        first.delay = 0.05
+        for _ in range(MIN_SAMPLES - 1):  # p95 unknown: even the slow replica's calls are not hedged
             await client.get("svc", "/x")
         assert client.get_metrics()["retry"]["svc"]["hedges"] == 0
+        assert first.total == (MIN_SAMPLES - 1 + 1) // 2
+        first.mode = "ok"
+        for _ in range(3):
+            await client.get("svc", "/x")
+        before = client.get_metrics()["retry"]["svc"]["hedges"]
         first.mode = "hang"
-        response = await client.get("svc", "/x")  # round robin: the hanging replica's turn
-        hedges = client.get_metrics()["retry"]["svc"]["hedges"]
-    assert response.json()["replica"] == second.name
-    assert hedges == 1
+        responses = [await client.get("svc", "/x") for _ in range(2)]  # one of them is the hanging replica's turn
+        hedges = client.get_metrics()["retry"]["svc"]["hedges"] - before
+    assert {r.json()["replica"] for r in responses} == {second.name}
+    assert hedges >= 1
 
 
 async def test_hedges_count_as_attempts(fleet: Fleet) -> None:
