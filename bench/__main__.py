@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import balancer, overhead
+from bench import balancer, instructions, overhead
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -22,6 +22,9 @@ def main() -> None:
     results = asyncio.run(overhead.run(calls, rounds))
     table = overhead.report(results)
     print(table)
+    counted = None if quick else instructions.run()
+    instruction_table = instructions.report(counted)
+    print(instruction_table)
     picks = balancer.run(sizes=(10, 1_000), rounds=3) if quick else balancer.run()
     pick_table = balancer.report(picks)
     print(pick_table)
@@ -45,15 +48,25 @@ Every variant sends the same GET to the same `httpx.MockTransport` (a handler an
 JSON body), so what differs is only the client-side machinery:
 
 - **raw httpx**: `httpx.AsyncClient(transport=mock).get(url)`.
-- **mesh**: `MeshClient(settings, transport=mock).get("user-service", "/api/users")` through the whole
-  stack: bulkhead, circuit breaker, retry with its budget, balancer with outlier detection, attempt
-  layer (body read inside the stack), request counters behind `/metrics`; tracing off.
+- **mesh, no deadline**: `MeshClient(settings, transport=mock).get("user-service", "/api/users")` through
+  the whole stack — bulkhead, circuit breaker, retry with its budget, balancer with outlier detection,
+  attempt layer (body read inside the stack), request counters behind `/metrics`; tracing off — with
+  `retry.max_elapsed: null`, so the call has no deadline.
+- **mesh (preset)**: the same with the development preset as it is: its `retry.max_elapsed` (15 s) gives
+  every call a deadline that caps the attempt timeouts and goes downstream as `x-mesh-timeout-ms` (no
+  timer is armed for it).
 - **mesh + deadline**: the same with `deadline=5`: one `asyncio.timeout_at` per call, per-attempt timeouts
   capped by the remaining budget, `x-mesh-timeout-ms` sent downstream.
 - **tenacity + purgatory + asyncio.timeout**: the hand-composed equivalent around raw httpx (3 attempts
   with exponential jitter, a purgatory circuit breaker, an overall timeout).
 
 {table}
+
+The same variants counted in machine instructions under valgrind's callgrind, which the machine's other
+load does not disturb ({instructions.LOW:,} and {instructions.HIGH:,} calls in fresh interpreters, the
+difference divided by the calls between):
+
+{instruction_table}
 
 Target: mesh <= 1.10x raw httpx per call, and cheaper than the hand-composed stack.
 

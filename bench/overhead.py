@@ -6,8 +6,12 @@ event loop in one thread, so what a busy neighbour takes from the machine does n
 Variants, measured in interleaved rounds in one process so machine noise hits them alike:
 
 - ``raw httpx``: ``httpx.AsyncClient(transport=mock).get(url)``;
-- ``mesh``: ``MeshClient(settings, transport=mock).get("user-service", path)``: bulkhead, breaker, retry,
-  balancer, attempt layers and the counters behind /metrics (tracing off);
+- ``mesh, no deadline``: ``MeshClient(settings, transport=mock).get("user-service", path)`` with
+  ``retry.max_elapsed: null``: bulkhead, breaker, retry, balancer, attempt layers and the counters behind
+  /metrics (tracing off);
+- ``mesh (preset)``: the same with the development preset's ``retry.max_elapsed`` (15 s): every call
+  then has a deadline that caps its attempt timeouts and travels downstream as ``x-mesh-timeout-ms``
+  (no timer);
 - ``mesh + deadline``: the same with ``deadline=5`` (one ``asyncio.timeout_at`` per call, the header);
 - ``tenacity + purgatory + asyncio.timeout``: the hand-composed equivalent around raw httpx.
 """
@@ -24,8 +28,8 @@ import httpx
 
 from fastapi_mesh import MeshClient, MeshSettings
 
-CALLS_PER_ROUND = 5_000
-ROUNDS = 7
+CALLS_PER_ROUND = 3_000
+ROUNDS = 15
 BODY = b'{"users": ["ada", "grace"]}'
 
 
@@ -56,6 +60,9 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
     )
     mesh = MeshClient(settings, transport=mock)
     await mesh.initialize()
+    no_deadline = settings.model_copy(update={"retry": settings.retry.model_copy(update={"max_elapsed": None})})
+    bare = MeshClient(no_deadline, transport=mock)
+    await bare.initialize()
     breakers = AsyncCircuitBreakerFactory(default_threshold=5, default_ttl=30)
 
     async def raw_call() -> httpx.Response:
@@ -63,6 +70,9 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
 
     async def mesh_call() -> httpx.Response:
         return await mesh.get("user-service", "/api/users")
+
+    async def bare_call() -> httpx.Response:
+        return await bare.get("user-service", "/api/users")
 
     async def mesh_deadline_call() -> httpx.Response:
         return await mesh.get("user-service", "/api/users", deadline=5.0)
@@ -82,7 +92,8 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
 
     variants: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
         "raw httpx": raw_call,
-        "mesh": mesh_call,
+        "mesh, no deadline (retry.max_elapsed: null)": bare_call,
+        "mesh (preset: retry.max_elapsed bounds every call)": mesh_call,
         "mesh + deadline": mesh_deadline_call,
         "tenacity + purgatory + asyncio.timeout": composed_call,
     }
@@ -94,6 +105,7 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
             samples[name].append(await _time(call, calls_per_round))
     await raw.aclose()
     await mesh.aclose()
+    await bare.aclose()
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

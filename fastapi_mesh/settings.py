@@ -660,6 +660,12 @@ class MeshSettings(BaseSettings):
                 merged[section] = _deep_merge(values, given.model_dump(exclude_unset=True))
         return merged
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> MeshSettings:
+        """A copy (see pydantic); its per-service policies are worked out afresh from its own values."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied._policies = {}
+        return copied
+
     def for_service(self, name: str) -> ServicePolicy:
         """The effective policy for upstream ``name``: globals with ``services[name]`` merged over them."""
         policy = self._policies.get(name)

@@ -725,3 +725,12 @@ def test_settings_are_frozen() -> None:
     assert s.service_name == "app"
     assert s.retry.max_retries == 2
     assert s.for_service("pay").retry.max_retries == 0
+
+
+def test_model_copy_does_not_share_effective_policies() -> None:
+    """A copy with other retry settings gets its own effective policies, not the original's cached ones."""
+    original = MeshSettings(retry={"max_retries": 1})
+    assert original.for_service("svc").retry.max_retries == 1
+    copied = original.model_copy(update={"retry": original.retry.model_copy(update={"max_retries": 4})})
+    assert copied.for_service("svc").retry.max_retries == 4
+    assert original.for_service("svc").retry.max_retries == 1
