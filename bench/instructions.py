@@ -16,21 +16,17 @@ import sys
 
 import httpx
 
-from bench.overhead import BODY
+from bench.overhead import handler
 
 LOW, HIGH = 300, 1_300
 WARM_UP = 200
 VARIANTS = ("raw httpx", "mesh, no deadline", "mesh (preset)", "mesh + deadline")
 
 
-def _handler(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, content=BODY, headers={"content-type": "application/json"})
-
-
 async def _drive(variant: str, calls: int) -> None:
     from fastapi_mesh import MeshClient, MeshSettings
 
-    mock = httpx.MockTransport(_handler)
+    mock = httpx.MockTransport(handler)
     endpoints = {"user-service": ["http://10.0.0.1:8080"]}
     retry = {"max_elapsed": None} if variant == "mesh, no deadline" else {}
     settings = MeshSettings(service_name="bench", discovery={"endpoints": endpoints}, retry=retry)

@@ -33,7 +33,8 @@ ROUNDS = 15
 BODY = b'{"users": ["ada", "grace"]}'
 
 
-def _handler(request: httpx.Request) -> httpx.Response:
+def handler(request: httpx.Request) -> httpx.Response:
+    """The upstream every variant calls: 200 with a small JSON body."""
     return httpx.Response(200, content=BODY, headers={"content-type": "application/json"})
 
 
@@ -53,7 +54,7 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
     from purgatory import AsyncCircuitBreakerFactory
     from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-    mock = httpx.MockTransport(_handler)
+    mock = httpx.MockTransport(handler)
     raw = httpx.AsyncClient(transport=mock)
     settings = MeshSettings(
         service_name="bench", discovery={"endpoints": {"user-service": ["http://10.0.0.1:8080"]}}
