@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fastapi_mesh import MeshClient, MeshSettings, UpstreamUnavailable
-from tests.upstreams import Fleet
+from tests.upstreams import Fleet, Replica
 
 pytestmark = pytest.mark.anyio
 
@@ -75,9 +75,8 @@ def make_pki(directory: Path) -> dict[str, Path]:
     return {p.stem + p.suffix: p for p in directory.iterdir()}
 
 
-async def test_mutual_tls_call_succeeds_with_the_mesh_certificate(fleet: Fleet, tmp_path: Path) -> None:
-    """With mtls enabled the client presents its certificate and trusts the mesh CA: the call succeeds."""
-    pki = make_pki(tmp_path)
+async def start_mtls_replica(fleet: Fleet, pki: dict[str, Path]) -> Replica:
+    """One uvicorn replica serving https that requires a client certificate signed by the mesh CA."""
     (replica,) = await fleet.start(
         1,
         ssl_certfile=str(pki["server.crt"]),
@@ -85,6 +84,13 @@ async def test_mutual_tls_call_succeeds_with_the_mesh_certificate(fleet: Fleet, 
         ssl_ca_certs=str(pki["ca.crt"]),
         ssl_cert_reqs=ssl.CERT_REQUIRED,
     )
+    return replica
+
+
+async def test_mutual_tls_call_succeeds_with_the_mesh_certificate(fleet: Fleet, tmp_path: Path) -> None:
+    """With mtls enabled the client presents its certificate and trusts the mesh CA: the call succeeds."""
+    pki = make_pki(tmp_path)
+    replica = await start_mtls_replica(fleet, pki)
     settings = MeshSettings(
         discovery={"endpoints": {"secure": [replica.url]}},
         mtls={
@@ -105,13 +111,7 @@ async def test_server_requiring_client_certificates_refuses_a_client_without_one
 ) -> None:
     """Without mtls the handshake fails (the server wants a certificate; ours trusts no private CA)."""
     pki = make_pki(tmp_path)
-    (replica,) = await fleet.start(
-        1,
-        ssl_certfile=str(pki["server.crt"]),
-        ssl_keyfile=str(pki["server.key"]),
-        ssl_ca_certs=str(pki["ca.crt"]),
-        ssl_cert_reqs=ssl.CERT_REQUIRED,
-    )
+    replica = await start_mtls_replica(fleet, pki)
     settings = MeshSettings(discovery={"endpoints": {"secure": [replica.url]}}, retry={"max_retries": 0})
     async with MeshClient(settings) as client:
         with pytest.raises(UpstreamUnavailable, match="'secure'"):
