@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from fastapi_mesh import MeshSettings
+
 START_TIMEOUT = 5.0
 
 
@@ -115,3 +117,10 @@ class Fleet:
 
     async def stop(self) -> None:
         await asyncio.gather(*(r.stop() for r in self.replicas))
+
+
+def settings_for(urls: list[str], service: str = "svc", **sections: Any) -> MeshSettings:
+    """Settings for a test: ``service`` at ``urls``, retries without backoff pauses (``retry`` given merges
+    over that)."""
+    sections["retry"] = {"initial_delay": 0, "jitter": "none", **sections.get("retry", {})}
+    return MeshSettings(service_name="test", discovery={"endpoints": {service: urls}}, **sections)

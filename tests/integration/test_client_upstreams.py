@@ -19,13 +19,14 @@ from fastapi_mesh import (
     UpstreamUnavailable,
 )
 from tests.upstreams import Fleet, unused_port
+from tests.upstreams import settings_for as shared_settings_for
 
 pytestmark = pytest.mark.anyio
 
 
 def settings_for(urls: list[str], **sections: Any) -> MeshSettings:
-    sections.setdefault("retry", {"max_retries": 2, "initial_delay": 0, "jitter": "none"})
-    return MeshSettings(service_name="test", discovery={"endpoints": {"user-service": urls}}, **sections)
+    sections["retry"] = {"max_retries": 2, **sections.get("retry", {})}
+    return shared_settings_for(urls, "user-service", **sections)
 
 
 async def test_round_robin_reaches_each_replica_evenly(fleet: Fleet) -> None:

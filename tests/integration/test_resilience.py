@@ -24,15 +24,10 @@ from fastapi_mesh import (
     get_mesh,
 )
 from fastapi_mesh.resilience.hedge import MIN_SAMPLES
-from tests.upstreams import Fleet, unused_port
+from tests.upstreams import Fleet, settings_for, unused_port
 
 pytestmark = pytest.mark.anyio
 
-
-def settings_for(urls: list[str], **sections: Any) -> MeshSettings:
-    sections.setdefault("retry", {})
-    sections["retry"] = {"initial_delay": 0, "jitter": "none", **sections["retry"]}
-    return MeshSettings(service_name="test", discovery={"endpoints": {"svc": urls}}, **sections)
 
 
 async def test_one_healthy_replica_of_three_serves_every_call(fleet: Fleet) -> None:
