@@ -16,7 +16,7 @@ import sys
 
 import httpx
 
-from bench.overhead import handler
+from bench.overhead import handler, ratio_table
 
 LOW, HIGH = 300, 1_300
 WARM_UP = 200
@@ -69,11 +69,7 @@ def run() -> dict[str, float] | None:
 def report(results: dict[str, float] | None) -> str:
     if results is None:
         return "(valgrind is not installed: no instruction counts)"
-    base = results["raw httpx"]
-    lines = ["| variant | instructions per call | ratio to raw httpx |", "| --- | ---: | ---: |"]
-    for name, count in results.items():
-        lines.append(f"| {name} | {count:,.0f} | {count / base:.3f}x |")
-    return "\n".join(lines)
+    return ratio_table(results, "instructions per call", ",.0f")
 
 
 if __name__ == "__main__":

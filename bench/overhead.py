@@ -110,12 +110,17 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def report(results: dict[str, float]) -> str:
+def ratio_table(results: dict[str, float], unit: str, fmt: str) -> str:
+    """A markdown table of ``results`` (per-call costs) and their ratio to the ``raw httpx`` row."""
     base = results["raw httpx"]
-    lines = ["| variant | µs per call | ratio to raw httpx |", "| --- | ---: | ---: |"]
-    for name, seconds in results.items():
-        lines.append(f"| {name} | {seconds * 1e6:.1f} | {seconds / base:.3f}x |")
+    lines = [f"| variant | {unit} | ratio to raw httpx |", "| --- | ---: | ---: |"]
+    for name, value in results.items():
+        lines.append(f"| {name} | {value:{fmt}} | {value / base:.3f}x |")
     return "\n".join(lines)
+
+
+def report(results: dict[str, float]) -> str:
+    return ratio_table({name: seconds * 1e6 for name, seconds in results.items()}, "µs per call", ".1f")
 
 
 if __name__ == "__main__":
