@@ -266,7 +266,8 @@ class MeshClient:
                 return await call_fallback(fallback, error, response.request)
         else:
             state.successes += 1
-            self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
+            if events._handlers:  # nobody listening (the usual case): not even a call
+                self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
         return response
 
     def _emit(
