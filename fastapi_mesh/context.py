@@ -221,10 +221,6 @@ def current_inbound() -> InboundContext | None:
     return _inbound.get()
 
 
-def current_route_deadline() -> float | None:
-    return _route_deadline.get()
-
-
 def set_inbound(ctx: InboundContext | None) -> contextvars.Token[InboundContext | None]:
     return _inbound.set(ctx)
 
