@@ -72,6 +72,12 @@ class CallContext:
         #: attempt and kept for the call's retries and hedges. Opaque outside the balancer.
         self.group: object | None = None
 
+    def deadline_passed(self, now: float) -> bool:
+        """Whether the call's deadline is at or before ``now``. An attempt cancelled then was cancelled by
+        the deadline's timer: a timeout, which the breaker and the balancer count as a failure."""
+        deadline = self.deadline
+        return deadline is not None and now >= deadline
+
 
 class InboundContext:
     """What an outbound call needs from the inbound request being served: caller, deadline, trace headers.

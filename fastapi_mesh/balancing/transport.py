@@ -69,7 +69,7 @@ class BalancerTransport(httpx.AsyncBaseTransport):
             # Cancelled before the deadline (the caller went away, a hedge lost) or a bug: no verdict.
             balancer.release(state)
             now = clock.now()
-            if ctx.deadline is not None and now >= ctx.deadline:
+            if ctx.deadline_passed(now):
                 balancer.record(state, False, now - start)
             raise
         elapsed = clock.now() - start

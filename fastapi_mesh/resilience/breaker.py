@@ -500,7 +500,7 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
             # Cancelled by the call's own deadline timer: a timeout, so a failure. Cancelled before the
             # deadline (the caller went away) or a programming error: no verdict.
             now = clock.now()
-            if ctx.deadline is not None and now >= ctx.deadline:
+            if ctx.deadline_passed(now):
                 breaker.record_failure(now - start if timed else 0.0, ticket)
             else:
                 breaker.record_ignored(ticket)

@@ -145,7 +145,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     def _past_deadline(self, ctx: CallContext) -> bool:
         """Whether the call's deadline has (all but) passed: a timeout then is the deadline's doing."""
-        return ctx.deadline is not None and self._clock.now() >= ctx.deadline - DEADLINE_SLACK
+        return ctx.deadline_passed(self._clock.now() + DEADLINE_SLACK)
 
     def _refusal(self, ctx: CallContext, attempt: int, max_attempts: int, delay: float) -> str | None:
         """Why no retry may follow attempt number ``attempt``, or None (and one retry is withdrawn)."""
