@@ -8,7 +8,11 @@
 
 from __future__ import annotations
 
+import datetime
+import http.cookiejar
+import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -16,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ._streams import ReleasingStream
 from .clock import Clock, MonotonicClock
 from .context import EXTENSION, CallContext, InboundContext, _inbound, _route_deadline
 from .discovery import Discovery, build_discovery
@@ -30,6 +35,34 @@ from .stack import build_connection_pool, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
+logger = logging.getLogger("fastapi_mesh.client")
+
+#: httpx keyword arguments that need ``httpx.AsyncClient.send``'s machinery (auth flows, redirects).
+_CLIENT_ONLY = ("auth", "follow_redirects")
+
+
+class _KeepNoCookies(http.cookiejar.CookiePolicy):
+    """The shared client's cookie policy: remember nothing an upstream sets, send nothing remembered.
+
+    One ``MeshClient`` calls upstreams on behalf of many callers; a cookie one caller's call brought back
+    must never ride along on another's. A cookie a call passes (``cookies=``) is sent with that call only.
+    """
+
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def domain_return_ok(self, domain: str, request: Any) -> bool:
+        return False
+
+    def path_return_ok(self, path: str, request: Any) -> bool:
+        return False
 
 
 class _Runtime:
@@ -52,6 +85,9 @@ class _Runtime:
         self.registry = ServiceRegistry(settings, self.rng, self.clock, self.events, on_new=self._watch)
         self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
         self.http: httpx.AsyncClient | None = None
+        #: The layer stack; calls go straight to it (``http`` builds their requests and serves the rare
+        #: call that needs httpx's auth or redirect handling).
+        self.stack: httpx.AsyncBaseTransport | None = None
         self.discovery_started = False
         self.closed = False
 
@@ -66,10 +102,12 @@ class _Runtime:
         self.closed = False
         pool = self.user_transport or build_connection_pool(self.settings)
         stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
-        self.http = http = httpx.AsyncClient(
+        self.stack = stack
+        self.http = client = httpx.AsyncClient(
             transport=_Borrowed(stack) if self.user_transport is not None else stack,
             trust_env=False,
             follow_redirects=False,
+            cookies=http.cookiejar.CookieJar(_KeepNoCookies()),
             timeout=self.settings.circuit_breaker.timeout,  # services with their own pass theirs per call
         )
         await self.discovery.start(self.registry.publish)
@@ -77,7 +115,42 @@ class _Runtime:
         for service in self.registry.services:
             self.discovery.watch(service)
         await self.health.start()
-        return http
+        return client
+
+    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """``request`` through the stack, as ``httpx.AsyncClient.send`` would send it with this runtime's
+        client settings (no auth, no redirects, no cookie jar), minus the machinery those need."""
+        assert self.stack is not None
+        start = time.perf_counter()
+        try:
+            response = await self.stack.handle_async_request(request)
+        except httpx.RequestError as exc:
+            if exc._request is None:
+                exc.request = request
+            raise
+        response.request = request
+        if stream:
+            response.stream = ReleasingStream(
+                response.stream,  # type: ignore[arg-type]
+                lambda: _set_elapsed(response, start),
+            )
+        else:
+            try:
+                await response.aread()  # the attempt layer has read it: this only marks it read
+            except BaseException:
+                await response.aclose()
+                raise
+            _set_elapsed(response, start)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
 
     async def lazy_start(self) -> httpx.AsyncClient:
         """The first call of a client nobody started starts it; a closed one stays closed."""
@@ -90,13 +163,14 @@ class _Runtime:
 
     async def stop(self) -> None:
         self.closed = True
-        http, self.http = self.http, None
+        client, self.http = self.http, None
+        self.stack = None
         await self.health.stop()
         if self.discovery_started:
             self.discovery_started = False
             await self.discovery.stop()
-        if http is not None:
-            await http.aclose()
+        if client is not None:
+            await client.aclose()
 
 
 class _Borrowed(httpx.AsyncBaseTransport):
@@ -185,7 +259,7 @@ class MeshClient:
 
     def _prepare(
         self, service: str, path: str, deadline: float | None, affinity_key: str | None, kwargs: dict[str, Any]
-    ) -> tuple[ServiceState, CallContext, str]:
+    ) -> tuple[ServiceState, CallContext, httpx.URL]:
         rt = self._rt
         state = rt.registry.get(service)
         inbound = self._inbound if self._inbound is not None else _inbound.get()
@@ -200,9 +274,7 @@ class MeshClient:
             if kwargs.get("headers"):
                 headers.update(kwargs["headers"])
             kwargs["headers"] = headers
-        if not path.startswith("/"):
-            path = "/" + path
-        return state, ctx, state.base_url + path
+        return state, ctx, state.url(path)
 
     def _deadline(self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None) -> None:
         """Set ``ctx.deadline``: the earliest of the route's, the inbound header's, ``deadline=`` and
@@ -248,7 +320,10 @@ class MeshClient:
         start = rt.clock.now() if events._handlers else 0.0
         state.requests += 1
         try:
-            response = await http.request(method, url, **kwargs)
+            if _CLIENT_ONLY[0] in kwargs or _CLIENT_ONLY[1] in kwargs:
+                response = await _send_with_client(http, method, url, kwargs, stream=False)
+            else:
+                response = await rt.send(http.build_request(method, url, **kwargs))
         except MeshError as exc:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
@@ -306,8 +381,10 @@ class MeshClient:
         ctx.stream = True
         state.requests += 1
         try:
-            stream = http.stream(method, url, **kwargs)
-            response = await stream.__aenter__()
+            if _CLIENT_ONLY[0] in kwargs or _CLIENT_ONLY[1] in kwargs:
+                response = await _send_with_client(http, method, url, kwargs, stream=True)
+            else:
+                response = await rt.send(http.build_request(method, url, **kwargs), stream=True)
         except MeshError:
             state.failures += 1
             raise
@@ -318,7 +395,7 @@ class MeshClient:
         try:
             yield response
         finally:
-            await stream.__aexit__(None, None, None)
+            await response.aclose()
 
     async def get(self, service: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", service, path, **kwargs)
@@ -385,6 +462,20 @@ class MeshClient:
                 for name, s in services.items()
             },
         }
+
+
+async def _send_with_client(
+    http: httpx.AsyncClient, method: str, url: httpx.URL | str, kwargs: dict[str, Any], *, stream: bool
+) -> httpx.Response:
+    """A call with ``auth=`` or ``follow_redirects=``: through ``httpx.AsyncClient.send``, which handles them."""
+    auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
+    follow_redirects = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)
+    request = http.build_request(method, url, **kwargs)
+    return await http.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+
+
+def _set_elapsed(response: httpx.Response, start: float) -> None:
+    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
 
 
 def _has_request(exc: MeshError) -> bool:

@@ -20,11 +20,15 @@ from .settings import MeshSettings, ServicePolicy
 
 __all__ = ["ServiceRegistry", "ServiceState"]
 
+#: Parsed request URLs kept per service, by path; the cache starts over when it holds this many.
+URL_CACHE_SIZE = 256
+
 
 class ServiceState:
     """Everything the mesh keeps about one upstream service between calls."""
 
     __slots__ = (
+        "_urls",
         "attempt_timeout",
         "balancer",
         "base_url",
@@ -71,6 +75,7 @@ class ServiceState:
         )
         # The logical URL a call starts with; the balancer swaps in an endpoint's origin per attempt.
         self.base_url = f"http://{name}"
+        self._urls: dict[str, httpx.URL] = {}
         # None: the client's default (the global circuit_breaker.timeout) applies without a per-call argument.
         timeout = policy.circuit_breaker.timeout
         self.attempt_timeout = None if timeout == default_timeout else httpx.Timeout(timeout)
@@ -83,6 +88,19 @@ class ServiceState:
         self.failures = 0
         self.retries = 0
         self.retries_exhausted = 0
+
+
+    def url(self, path: str) -> httpx.URL:
+        """The call's logical URL for ``path`` (query string included), parsed once per path: parsing and
+        validating a URL costs more than all of the mesh's layers on a call's hot path."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self.base_url + (path if path.startswith("/") else "/" + path))
+            urls = self._urls
+            if len(urls) >= URL_CACHE_SIZE:  # paths with ids in them: bounded, never a leak
+                urls.clear()
+            urls[path] = url
+        return url
 
 
 class ServiceRegistry:
