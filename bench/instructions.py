@@ -16,11 +16,11 @@ import sys
 
 import httpx
 
-from bench.overhead import handler, ratio_table
+from bench.overhead import FLOOR, handler, ratio_table
 
 LOW, HIGH = 300, 1_300
 WARM_UP = 200
-VARIANTS = ("raw httpx", "mesh, no deadline", "mesh (preset)", "mesh + deadline")
+VARIANTS = ("raw httpx", FLOOR, "mesh, no deadline", "mesh (preset)", "mesh + deadline")
 
 
 async def _drive(variant: str, calls: int) -> None:
@@ -34,9 +34,17 @@ async def _drive(variant: str, calls: int) -> None:
     raw = httpx.AsyncClient(transport=mock)
     await mesh.initialize()
 
+    parsed = httpx.URL("http://10.0.0.1:8080/api/users")
+
     async def call() -> httpx.Response:
         if variant == "raw httpx":
             return await raw.get("http://10.0.0.1:8080/api/users")
+        if variant == FLOOR:
+            request = raw.build_request("GET", parsed)
+            response = await mock.handle_async_request(request)
+            response.request = request
+            await response.aread()
+            return response
         if variant == "mesh + deadline":
             return await mesh.get("user-service", "/api/users", deadline=5.0)
         return await mesh.get("user-service", "/api/users")

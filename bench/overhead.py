@@ -6,6 +6,9 @@ event loop in one thread, so what a busy neighbour takes from the machine does n
 Variants, measured in interleaved rounds in one process so machine noise hits them alike:
 
 - ``raw httpx``: ``httpx.AsyncClient(transport=mock).get(url)``;
+- ``httpx floor``: what the mesh itself sends through, without its layers: ``build_request`` with an
+  already parsed URL, straight to the transport, body read (no ``AsyncClient.send``: no auth flow,
+  redirect loop or cookie jar). The mesh's own layers cost the difference between a mesh row and this one;
 - ``mesh, no deadline``: ``MeshClient(settings, transport=mock).get("user-service", path)`` with
   ``retry.max_elapsed: null``: bulkhead, breaker, retry, balancer, attempt layers and the counters behind
   /metrics (tracing off);
@@ -29,6 +32,7 @@ import httpx
 from fastapi_mesh import MeshClient, MeshSettings
 
 CALLS_PER_ROUND = 3_000
+FLOOR = "httpx floor: build_request + transport, no AsyncClient.send"
 ROUNDS = 15
 BODY = b'{"users": ["ada", "grace"]}'
 
@@ -69,6 +73,15 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
     async def raw_call() -> httpx.Response:
         return await raw.get("http://10.0.0.1:8080/api/users")
 
+    parsed = httpx.URL("http://10.0.0.1:8080/api/users")
+
+    async def floor_call() -> httpx.Response:
+        request = raw.build_request("GET", parsed)
+        response = await mock.handle_async_request(request)
+        response.request = request
+        await response.aread()
+        return response
+
     async def mesh_call() -> httpx.Response:
         return await mesh.get("user-service", "/api/users")
 
@@ -93,6 +106,7 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
 
     variants: dict[str, Callable[[], Awaitable[httpx.Response]]] = {
         "raw httpx": raw_call,
+        FLOOR: floor_call,
         "mesh, no deadline (retry.max_elapsed: null)": bare_call,
         "mesh (preset: retry.max_elapsed bounds every call)": mesh_call,
         "mesh + deadline": mesh_deadline_call,
@@ -113,9 +127,15 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
 def ratio_table(results: dict[str, float], unit: str, fmt: str) -> str:
     """A markdown table of ``results`` (per-call costs) and their ratio to the ``raw httpx`` row."""
     base = results["raw httpx"]
-    lines = [f"| variant | {unit} | ratio to raw httpx |", "| --- | ---: | ---: |"]
+    floor = results.get(FLOOR)
+    extra = f" {unit} above the httpx floor |" if floor is not None else ""
+    rule = "| --- | ---: | ---: |" + (" ---: |" if extra else "")
+    lines = [f"| variant | {unit} | ratio to raw httpx |{extra}", rule]
     for name, value in results.items():
-        lines.append(f"| {name} | {value:{fmt}} | {value / base:.3f}x |")
+        row = f"| {name} | {value:{fmt}} | {value / base:.3f}x |"
+        if floor is not None:
+            row += f" {value - floor:+{fmt}} |"
+        lines.append(row)
     return "\n".join(lines)
 
 

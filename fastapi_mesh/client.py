@@ -13,7 +13,7 @@ import http.cookiejar
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -36,9 +36,6 @@ from .stack import build_connection_pool, build_stack
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
 logger = logging.getLogger("fastapi_mesh.client")
-
-#: httpx keyword arguments that need ``httpx.AsyncClient.send``'s machinery (auth flows, redirects).
-_CLIENT_ONLY = ("auth", "follow_redirects")
 
 
 class _KeepNoCookies(http.cookiejar.CookiePolicy):
@@ -320,10 +317,7 @@ class MeshClient:
         start = rt.clock.now() if events._handlers else 0.0
         state.requests += 1
         try:
-            if _CLIENT_ONLY[0] in kwargs or _CLIENT_ONLY[1] in kwargs:
-                response = await _send_with_client(http, method, url, kwargs, stream=False)
-            else:
-                response = await rt.send(http.build_request(method, url, **kwargs))
+            response = await _dispatch(rt, http, method, url, kwargs, stream=False)
         except MeshError as exc:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
@@ -380,18 +374,22 @@ class MeshClient:
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
         ctx.stream = True
         state.requests += 1
+        events = rt.events
+        start = rt.clock.now() if events._handlers else 0.0
         try:
-            if _CLIENT_ONLY[0] in kwargs or _CLIENT_ONLY[1] in kwargs:
-                response = await _send_with_client(http, method, url, kwargs, stream=True)
-            else:
-                response = await rt.send(http.build_request(method, url, **kwargs), stream=True)
-        except MeshError:
+            response = await _dispatch(rt, http, method, url, kwargs, stream=True)
+        except MeshError as exc:
             state.failures += 1
+            self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             raise
-        if response.status_code >= 500:
+        status = response.status_code
+        if status >= 500:
             state.failures += 1
+            self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
         else:
             state.successes += 1
+            if events._handlers:
+                self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
         try:
             yield response
         finally:
@@ -464,14 +462,17 @@ class MeshClient:
         }
 
 
-async def _send_with_client(
-    http: httpx.AsyncClient, method: str, url: httpx.URL | str, kwargs: dict[str, Any], *, stream: bool
-) -> httpx.Response:
-    """A call with ``auth=`` or ``follow_redirects=``: through ``httpx.AsyncClient.send``, which handles them."""
+def _dispatch(
+    rt: _Runtime, http: httpx.AsyncClient, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
+) -> Coroutine[Any, Any, httpx.Response]:
+    """Build the call's request with httpx and send it: straight to the stack, or, for a call with
+    ``auth=`` or ``follow_redirects=``, through ``httpx.AsyncClient.send``, which handles those."""
+    if "auth" not in kwargs and "follow_redirects" not in kwargs:
+        return rt.send(http.build_request(method, url, **kwargs), stream=stream)
     auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
     follow_redirects = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)
     request = http.build_request(method, url, **kwargs)
-    return await http.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+    return http.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
 
 
 def _set_elapsed(response: httpx.Response, start: float) -> None:

@@ -143,3 +143,19 @@ async def test_parsed_urls_are_reused_per_path_and_bounded() -> None:
         assert len(state._urls) <= URL_CACHE_SIZE
         with pytest.raises(httpx.InvalidURL):
             state.url("/bad\x00path")
+
+
+async def test_stream_counts_and_announces_its_outcome() -> None:
+    """``stream()`` emits request-success / request-failure and counts the outcome, like ``request()``."""
+    statuses = iter([200, 503])
+    transport = httpx.MockTransport(lambda request: httpx.Response(next(statuses), stream=Chunks()))
+    seen: list[tuple[str, int | None]] = []
+    async with MeshClient(SETTINGS, transport=transport) as client:
+        client.on("request-success", lambda e: seen.append(("success", e.status_code)))
+        client.on("request-failure", lambda e: seen.append(("failure", e.status_code)))
+        for _ in range(2):
+            async with client.stream("GET", "svc", "/s"):
+                pass
+        counts = client.get_metrics()["requests"]["svc"]
+    assert seen == [("success", 200), ("failure", 503)]
+    assert counts == {"total": 2, "successes": 1, "failures": 1}
