@@ -48,6 +48,12 @@ Every variant sends the same GET to the same `httpx.MockTransport` (a handler an
 JSON body), so what differs is only the client-side machinery:
 
 - **raw httpx**: `httpx.AsyncClient(transport=mock).get(url)`.
+- **httpx floor**: what `MeshClient` itself sends through, without any of its layers: `build_request` with
+  an already parsed URL, handed straight to the transport, body read. `MeshClient` does exactly this
+  under its layers (it parses a path's URL once and keeps it, and does not go through
+  `httpx.AsyncClient.send`, whose auth flow, redirect loop and cookie jar it does not use; see
+  [architecture](architecture.md#how-a-call-flows)). The last column, a row's cost above this floor, is
+  what the mesh's layers cost.
 - **mesh, no deadline**: `MeshClient(settings, transport=mock).get("user-service", "/api/users")` through
   the whole stack — bulkhead, circuit breaker, retry with its budget, balancer with outlier detection,
   attempt layer (body read inside the stack), request counters behind `/metrics`; tracing off — with
@@ -69,10 +75,14 @@ difference divided by the calls between):
 {instruction_table}
 
 Reading the two tables: instruction counts are repeatable to a fraction of a percent; CPU time on these
-shared virtual machines moves by 10-20% between runs and weighs memory traffic that instruction counts do
-not see, so it shows a larger overhead. A ratio is compared only with ratios of the same run.
+shared virtual machines moves by 10-30% between runs and weighs memory traffic that instruction counts do
+not see. A ratio is compared only with ratios of the same run.
 
-Target: mesh <= 1.10x raw httpx per call, and cheaper than the hand-composed stack.
+Target: mesh <= 1.10x raw httpx per call, and cheaper than the hand-composed stack. Every mesh row is
+cheaper than raw httpx: what `httpx.AsyncClient.send` and parsing the URL string cost on each call is more
+than what the mesh's layers add. The layers' own cost is the last column: bulkhead, breaker, retry with
+its budget, balancer and attempt layers, the counters, and for the deadline rows the remaining budget sent
+downstream and, with `deadline=`, the `asyncio.timeout_at` timer.
 
 ## Load balancer: pick cost and memory
 

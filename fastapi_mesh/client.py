@@ -117,10 +117,12 @@ class _Runtime:
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
         """``request`` through the stack, as ``httpx.AsyncClient.send`` would send it with this runtime's
         client settings (no auth, no redirects, no cookie jar), minus the machinery those need."""
-        assert self.stack is not None
+        stack = self.stack
+        if stack is None:  # stopped between the call's start and here
+            raise RuntimeError("this MeshClient was closed while the call was starting")
         start = time.perf_counter()
         try:
-            response = await self.stack.handle_async_request(request)
+            response = await stack.handle_async_request(request)
         except httpx.RequestError as exc:
             if exc._request is None:
                 exc.request = request
@@ -132,11 +134,12 @@ class _Runtime:
                 lambda: _set_elapsed(response, start),
             )
         else:
-            try:
-                await response.aread()  # the attempt layer has read it: this only marks it read
-            except BaseException:
-                await response.aclose()
-                raise
+            if not response.is_closed:  # the attempt layer has read it, unless a transport skipped that
+                try:
+                    await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
             _set_elapsed(response, start)
         if logger.isEnabledFor(logging.INFO):
             logger.info(

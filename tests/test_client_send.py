@@ -159,3 +159,16 @@ async def test_stream_counts_and_announces_its_outcome() -> None:
         counts = client.get_metrics()["requests"]["svc"]
     assert seen == [("success", 200), ("failure", 503)]
     assert counts == {"total": 2, "successes": 1, "failures": 1}
+
+
+async def test_a_call_reaching_a_client_closed_meanwhile_is_refused() -> None:
+    """A request that reaches the send step after ``aclose()`` gets a RuntimeError, not a half-closed stack."""
+    client = MeshClient(SETTINGS, transport=recording([]))
+    await client.initialize()
+    assert client._rt.http is not None
+    request = client._rt.http.build_request("GET", "http://svc/x")
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client._rt.send(request)
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get("svc", "/x")
