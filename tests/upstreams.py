@@ -1,8 +1,9 @@
 """Real upstream replicas for tests: uvicorn servers on 127.0.0.1 ephemeral ports with a fault switch.
 
 Fault modes: ``ok``, ``status`` (answer ``status_code``), ``hang`` (never answer), ``drop`` (send the head
-and half the body, then close the connection), ``slow`` (answer after ``delay`` seconds). A stopped
-replica refuses connections.
+and half the body, then close the connection), ``slow`` (answer after ``delay`` seconds), ``flap``
+(alternate: the 1st, 3rd, 5th ... request gets ``status_code``, the others 200). A stopped replica refuses
+connections.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Replica:
         self.mode = "ok"
         self.status_code = 503
         self.delay = 0.0
+        self.flaps = 0
         self.received: Counter[tuple[str, str]] = Counter()
         self.headers: list[dict[str, str]] = []
         self.bodies: list[bytes] = []
@@ -66,6 +68,9 @@ class Replica:
         payload = json.dumps({"replica": self.name, "path": scope["path"], "query": scope["query_string"].decode()})
         data = payload.encode()
         status = self.status_code if mode == "status" else 200
+        if mode == "flap":
+            self.flaps += 1
+            status = self.status_code if self.flaps % 2 else 200
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if mode == "drop":

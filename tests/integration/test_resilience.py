@@ -56,7 +56,7 @@ async def test_one_healthy_replica_of_three_serves_every_call(fleet: Fleet) -> N
     assert failing.total <= 10  # ejected after 5 failures in a row, back once (30 s later) at most
 
 
-@pytest.mark.parametrize("mode", ["status", "hang", "drop", "slow"])
+@pytest.mark.parametrize("mode", ["status", "hang", "drop", "slow", "flap"])
 async def test_post_without_idempotency_key_is_delivered_at_most_once(fleet: Fleet, mode: str) -> None:
     """In every fault mode a plain POST reaches the upstreams at most once."""
     replicas = await fleet.start(3)
@@ -71,6 +71,30 @@ async def test_post_without_idempotency_key_is_delivered_at_most_once(fleet: Fle
     delivered = [body for r in replicas for body in r.bodies]
     assert len(delivered) == 5
     assert sorted(delivered) == sorted({b'{"order":%d}' % i for i in range(5)})
+
+
+async def test_flapping_replicas_cost_retries_not_calls(fleet: Fleet) -> None:
+    """Every replica failing every other request: all GETs succeed on a retry, no endpoint is ejected (the
+    failures are never consecutive) and the breaker, which sees only final outcomes, stays closed.
+
+    Four attempts always suffice: should three fail on three replicas, the fourth goes back to one of them,
+    whose next answer is good. The retry budget is raised to match the fault (about one retry per call):
+    at its default 20% it would rightly refuse most of these retries."""
+    replicas = await fleet.start(3)
+    for r in replicas:
+        r.mode = "flap"
+    settings = settings_for([r.url for r in replicas], retry={"max_retries": 3, "budget_percent": 100})
+    async with MeshClient(settings) as client:
+        statuses = [(await client.get("svc", "/x")).status_code for _ in range(200)]
+        metrics = client.get_metrics()
+        state = client.circuit_breaker("svc").state
+    assert statuses == [200] * 200
+    assert state == "closed"
+    endpoints = metrics["load_balancer"]["svc"]["endpoints"]
+    assert not any((e["outlier"] or {}).get("ejected") for e in endpoints)
+    received = sum(r.total for r in replicas)
+    assert metrics["retry"]["svc"]["retries"] == received - 200 > 0
+    assert sum(e["failures"] for e in endpoints) == received - 200
 
 
 async def test_total_outage_traffic_is_bounded_by_the_retry_budget(fleet: Fleet) -> None:
