@@ -35,7 +35,12 @@ from .stack import build_connection_pool, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
-logger = logging.getLogger("fastapi_mesh.client")
+#: httpx's own logger: one INFO line per call, in httpx's format, as a plain httpx client writes.
+logger = logging.getLogger("httpx")
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_Cookies = httpx.Cookies | http.cookiejar.CookieJar | dict[str, str] | list[tuple[str, str]] | None
 
 
 class _KeepNoCookies(http.cookiejar.CookiePolicy):
@@ -100,12 +105,9 @@ class _Runtime:
         pool = self.user_transport or build_connection_pool(self.settings)
         stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
         self.stack = stack
-        self.http = client = httpx.AsyncClient(
-            transport=_Borrowed(stack) if self.user_transport is not None else stack,
-            trust_env=False,
-            follow_redirects=False,
-            cookies=http.cookiejar.CookieJar(_KeepNoCookies()),
-            timeout=self.settings.circuit_breaker.timeout,  # services with their own pass theirs per call
+        self.http = client = self.client_over(
+            _Borrowed(stack) if self.user_transport is not None else stack,
+            http.cookiejar.CookieJar(_KeepNoCookies()),
         )
         await self.discovery.start(self.registry.publish)
         self.discovery_started = True
@@ -114,18 +116,31 @@ class _Runtime:
         await self.health.start()
         return client
 
+    def client_over(self, transport: httpx.AsyncBaseTransport, cookies: _Cookies) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` over ``transport`` with the mesh's client settings: no proxies from the
+        environment, no redirects unless a call asks, ``circuit_breaker.timeout`` per attempt (services with
+        their own pass theirs per call)."""
+        return httpx.AsyncClient(
+            transport=transport,
+            trust_env=False,
+            follow_redirects=False,
+            cookies=cookies,
+            timeout=self.settings.circuit_breaker.timeout,
+        )
+
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
         """``request`` through the stack, as ``httpx.AsyncClient.send`` would send it with this runtime's
         client settings (no auth, no redirects, no cookie jar), minus the machinery those need."""
         stack = self.stack
         if stack is None:  # stopped between the call's start and here
             raise RuntimeError("this MeshClient was closed while the call was starting")
+        if not isinstance(request.stream, httpx.AsyncByteStream):
+            raise RuntimeError("Attempted to send an sync request with an AsyncClient instance.")  # httpx's words
         start = time.perf_counter()
         try:
             response = await stack.handle_async_request(request)
         except httpx.RequestError as exc:
-            if exc._request is None:
-                exc.request = request
+            exc.request = request  # as httpx does: errors name the request the caller made
             raise
         response.request = request
         if stream:
@@ -134,13 +149,11 @@ class _Runtime:
                 lambda: _set_elapsed(response, start),
             )
         else:
-            if not response.is_closed:  # the attempt layer has read it, unless a transport skipped that
-                try:
-                    await response.aread()
-                except BaseException:
-                    await response.aclose()
-                    raise
+            if not response.is_closed:  # the attempt layer read the body; this decodes it (gzip ...)
+                await response.aread()
             _set_elapsed(response, start)
+        if response.status_code in _REDIRECTS and "location" in response.headers:
+            response.next_request = self.http._build_redirect_request(request, response) if self.http else None
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -472,10 +485,21 @@ def _dispatch(
     ``auth=`` or ``follow_redirects=``, through ``httpx.AsyncClient.send``, which handles those."""
     if "auth" not in kwargs and "follow_redirects" not in kwargs:
         return rt.send(http.build_request(method, url, **kwargs), stream=stream)
+    return _send_with_client(rt, method, url, kwargs, stream=stream)
+
+
+async def _send_with_client(
+    rt: _Runtime, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
+) -> httpx.Response:
+    """A call with ``auth=`` or ``follow_redirects=``, through an ``httpx.AsyncClient`` of its own over the
+    stack: its cookie jar holds the call's ``cookies=`` and what the redirects it follows set (a login
+    flow works), and is gone with the call, so nothing reaches another caller's calls."""
+    assert rt.stack is not None
     auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
     follow_redirects = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)
-    request = http.build_request(method, url, **kwargs)
-    return http.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+    client = rt.client_over(_Borrowed(rt.stack), kwargs.pop("cookies", None))
+    request = client.build_request(method, url, **kwargs)
+    return await client.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
 
 
 def _set_elapsed(response: httpx.Response, start: float) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from fastapi_mesh import MeshClient, MeshSettings, UpstreamUnavailable
+from fastapi_mesh import MeshClient, MeshSettings, NoHealthyEndpoints, UpstreamUnavailable
 from fastapi_mesh.registry import URL_CACHE_SIZE
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +109,58 @@ async def test_stream_sets_elapsed_when_closed() -> None:
         assert response.elapsed.total_seconds() >= 0
 
 
+async def test_an_unfollowed_redirect_offers_its_next_request() -> None:
+    """As with httpx, a 3xx that is not followed carries ``next_request``; other answers carry None."""
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(302, headers={"location": "/new"})
+        if request.url.path == "/old"
+        else httpx.Response(200)
+    )
+    async with MeshClient(SETTINGS, transport=transport) as client:
+        moved = await client.get("svc", "/old")
+        plain = await client.get("svc", "/new")
+    assert moved.next_request is not None and moved.next_request.url.path == "/new"
+    assert plain.next_request is None
+
+
+async def test_cookies_set_during_a_followed_redirect_chain_are_kept_for_that_chain() -> None:
+    """A login-style redirect works: a cookie set by a hop is sent on the next hop of the same call (with
+    the call's own cookies), and on no later call."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/login":
+            return httpx.Response(302, headers={"location": "/home", "set-cookie": "sid=1; Path=/"})
+        return httpx.Response(200)
+
+    async with MeshClient(SETTINGS, transport=httpx.MockTransport(handler)) as client:
+        await client.get("svc", "/login", follow_redirects=True, cookies={"lang": "en"})
+        await client.get("svc", "/home", follow_redirects=True)
+    assert [(r.url.path, r.headers.get("cookie")) for r in seen] == [
+        ("/login", "lang=en"),
+        ("/home", "lang=en; sid=1"),
+        ("/home", None),
+    ]
+
+
+async def test_a_sync_body_is_refused_as_httpx_refuses_it() -> None:
+    """An iterator body on an async client gives httpx's RuntimeError, before anything is sent."""
+    seen: list[httpx.Request] = []
+    async with MeshClient(SETTINGS, transport=recording(seen)) as client:
+        with pytest.raises(RuntimeError, match="sync request with an AsyncClient"):
+            await client.post("svc", "/x", content=iter([b"a"]))
+    assert seen == []
+
+
+async def test_an_error_raised_inside_the_stack_names_the_callers_request() -> None:
+    """``NoHealthyEndpoints`` rises in the balancer; the caller still finds its own request on it."""
+    async with MeshClient(SETTINGS, transport=recording([])) as client:
+        with pytest.raises(NoHealthyEndpoints) as caught:
+            await client.get("unknown-service", "/x")
+    assert caught.value.request.url == httpx.URL("http://unknown-service/x")
+
+
 async def test_a_transport_error_names_its_request() -> None:
     """A failure without a response still carries the request, as httpx's own errors do."""
 
@@ -123,18 +175,27 @@ async def test_a_transport_error_names_its_request() -> None:
 
 
 async def test_requests_are_logged_like_httpx_when_info_is_on(caplog: pytest.LogCaptureFixture) -> None:
-    """With INFO on for ``fastapi_mesh.client``, each call logs one line in httpx's own format."""
+    """With INFO on for the ``httpx`` logger, each call logs one line there in httpx's own format, on the
+    fast path and through httpx's client alike."""
     async with MeshClient(SETTINGS, transport=recording([])) as client:
         await client.get("svc", "/quiet")
-        with caplog.at_level(logging.INFO, logger="fastapi_mesh.client"):
+        with caplog.at_level(logging.INFO, logger="httpx"):
             await client.get("svc", "/loud")
-    lines = [r.getMessage() for r in caplog.records if r.name == "fastapi_mesh.client"]
-    assert lines == ['HTTP Request: GET http://10.0.0.1:8080/loud "HTTP/1.1 200 OK"']
+            await client.get("svc", "/auth", auth=("u", "p"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert lines == [
+        'HTTP Request: GET http://10.0.0.1:8080/loud "HTTP/1.1 200 OK"',
+        'HTTP Request: GET http://10.0.0.1:8080/auth "HTTP/1.1 200 OK"',
+    ]
 
 
 async def test_parsed_urls_are_reused_per_path_and_bounded() -> None:
     """A path is parsed once; with more distinct paths than the cache holds, it starts over."""
-    async with MeshClient(SETTINGS, transport=recording([])) as client:
+    seen: list[httpx.Request] = []
+    async with MeshClient(SETTINGS, transport=recording(seen)) as client:
+        for path in ("/a?x=1", "/a?x=2", "/a", "/a?x=1"):
+            await client.get("svc", path)
+        assert [str(r.url) for r in seen] == [f"http://10.0.0.1:8080{p}" for p in ("/a?x=1", "/a?x=2", "/a", "/a?x=1")]
         state = client._rt.registry.get("svc")
         assert state.url("/a") is state.url("/a")
         assert state.url("b?x=1") == httpx.URL("http://svc/b?x=1")
