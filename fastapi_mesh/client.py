@@ -345,10 +345,7 @@ class MeshClient:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
             if fallback is not MISSING and state.fallback_enabled:
-                error = httpx.HTTPStatusError(
-                    f"{status} from service {service!r}", request=response.request, response=response
-                )
-                return await call_fallback(fallback, error, response.request)
+                return await _status_fallback(fallback, service, response)
         else:
             state.successes += 1
             if events._handlers:  # nobody listening (the usual case): not even a call
@@ -380,11 +377,14 @@ class MeshClient:
         path: str,
         *,
         deadline: float | None = None,
+        fallback: Any = MISSING,
         affinity_key: str | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[httpx.Response]:
         """Like ``httpx.AsyncClient.stream``: the body is not read; the endpoint's slot is held until the
-        stream closes. The deadline covers getting the response head, not reading the body."""
+        stream closes. The deadline covers getting the response head, not reading the body. ``fallback``
+        answers as for ``request()``: when no response head came, or the head is a 5xx (that stream is
+        closed unread and the fallback's response is yielded instead)."""
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
@@ -397,11 +397,19 @@ class MeshClient:
         except MeshError as exc:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
-            raise
+            if fallback is MISSING or not state.fallback_enabled:
+                raise
+            response = await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
+            yield response
+            return
         status = response.status_code
         if status >= 500:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
+            if fallback is not MISSING and state.fallback_enabled:
+                await response.aclose()
+                yield await _status_fallback(fallback, service, response)
+                return
         else:
             state.successes += 1
             if events._handlers:
@@ -500,6 +508,14 @@ async def _send_with_client(
     client = rt.client_over(_Borrowed(rt.stack), kwargs.pop("cookies", None))
     request = client.build_request(method, url, **kwargs)
     return await client.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+
+
+async def _status_fallback(fallback: Any, service: str, response: httpx.Response) -> httpx.Response:
+    """A per-call fallback's answer to a final 5xx, which it gets as an ``httpx.HTTPStatusError``."""
+    error = httpx.HTTPStatusError(
+        f"{response.status_code} from service {service!r}", request=response.request, response=response
+    )
+    return await call_fallback(fallback, error, response.request)
 
 
 def _set_elapsed(response: httpx.Response, start: float) -> None:

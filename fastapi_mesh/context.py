@@ -28,7 +28,9 @@ ENVOY_DEADLINE_HEADER = "x-envoy-expected-rq-timeout-ms"
 GRPC_TIMEOUT_HEADER = "grpc-timeout"
 
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_GRPC_RE = re.compile(r"^(\d{1,8})([HMSmun])$")
+_GRPC_RE = re.compile(r"^([0-9]{1,8})([HMSmun])$")
+#: Longer millisecond values (over 31 years) are not a deadline anyone meant: ignored.
+_MAX_MS_DIGITS = 12
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -210,7 +212,7 @@ def parse_inbound_deadline(name: str, value: str) -> float | None:
     if name == GRPC_TIMEOUT_HEADER:
         match = _GRPC_RE.match(value)
         return None if match is None else int(match.group(1)) * _GRPC_UNITS[match.group(2)]
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or len(value) > _MAX_MS_DIGITS:
         return None
     return int(value) / 1000.0
 

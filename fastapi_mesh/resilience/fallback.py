@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from starlette.responses import Response
 
 __all__ = ["MISSING", "RouteFallback", "call_fallback", "is_fallback_error"]
 
@@ -30,16 +31,37 @@ def is_fallback_error(exc: BaseException) -> bool:
 
 
 async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Request | None) -> httpx.Response:
-    """A per-call fallback's answer, as an ``httpx.Response`` bound to ``request``."""
+    """A per-call fallback's answer, as an ``httpx.Response`` bound to ``request`` (so ``raise_for_status()``
+    works on it). A Response given as the value is copied for each call, never bound to one."""
     value = fallback(exc) if callable(fallback) else fallback
     if inspect.isawaitable(value):
         value = await value
     if isinstance(value, httpx.Response):
+        if value is fallback:  # shared by every call that falls back: answer with a copy
+            copy = httpx.Response(
+                value.status_code,
+                headers=value.headers,
+                content=value.content,
+                extensions=value.extensions,
+                request=request,
+            )
+            copy.extensions["mesh_fallback"] = True
+            return copy
+        if request is not None and not _has_request(value):
+            value.request = request
         return value
     body = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
     response = httpx.Response(200, content=body, headers={"content-type": "application/json"}, request=request)
     response.extensions["mesh_fallback"] = True
     return response
+
+
+def _has_request(response: httpx.Response) -> bool:
+    try:
+        response.request  # noqa: B018
+    except RuntimeError:
+        return False
+    return True
 
 
 class RouteFallback:
@@ -51,7 +73,7 @@ class RouteFallback:
         self._value = value
         self._arity = -1
         self._is_async = False
-        if callable(value):
+        if callable(value) and not isinstance(value, Response):  # a Starlette response is a value (and an ASGI app)
             self._arity = _positional_arity(value)
             if self._arity > 2:
                 raise TypeError(

@@ -21,12 +21,15 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import httpx
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..clock import Clock
 from ..context import (
+    EXTENSION,
+    CallContext,
     InboundContext,
     current_inbound,
     reset_route_deadline,
@@ -100,7 +103,9 @@ class RoutePolicy:
             if self.bulkhead_limit is not None
             else None
         )
-        is_async = inspect.iscoroutinefunction(handler)
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - an object with ``async def __call__``
+        )
         signature = _signature(handler)
         request_param = next(
             (p.name for p in signature.parameters.values() if p.annotation is Request), None
@@ -121,7 +126,8 @@ class RoutePolicy:
                 request = kwargs.get(request_param)
             try:
                 return await policy._run(handler, is_async, bulkhead, request, args, kwargs)
-            except Exception as exc:
+            except Exception as raised:
+                exc = _single_cause(raised)
                 if policy.fallback is not None and is_fallback_error(exc) and policy._fallback_allowed(exc):
                     return await policy.fallback(request, exc)
                 if isinstance(exc, MeshError):
@@ -143,9 +149,16 @@ class RoutePolicy:
         return deadline
 
     def _fallback_allowed(self, exc: BaseException) -> bool:
-        """``circuit_breaker.fallback_enabled: false`` on the failing service turns route fallbacks off too."""
-        if isinstance(exc, MeshError) and self._fallback_enabled is not None:
+        """``circuit_breaker.fallback_enabled: false`` on the failing service turns route fallbacks off too:
+        for its ``MeshError``s and for ``raise_for_status()`` on its 5xx answers."""
+        if self._fallback_enabled is None:
+            return True
+        if isinstance(exc, MeshError):
             return self._fallback_enabled(exc.service)
+        if isinstance(exc, httpx.HTTPStatusError):
+            ctx = exc.request.extensions.get(EXTENSION)
+            if isinstance(ctx, CallContext):
+                return self._fallback_enabled(ctx.service.name)
         return True
 
     async def _call(
@@ -156,15 +169,21 @@ class RoutePolicy:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        if bulkhead is not None:
-            await bulkhead.acquire()
-        try:
+        if bulkhead is None:
             if is_async:
                 return await handler(*args, **kwargs)
             return await run_in_threadpool(handler, *args, **kwargs)
-        finally:
-            if bulkhead is not None:
+        await bulkhead.acquire()
+        if is_async:
+            try:
+                return await handler(*args, **kwargs)
+            finally:
                 bulkhead.release()
+        # A thread cannot be cancelled: when the deadline (or a client gone away) stops the wait, the
+        # handler runs on, and keeps its slot until it ends, so the limit holds for what really runs.
+        thread = asyncio.ensure_future(run_in_threadpool(handler, *args, **kwargs))
+        thread.add_done_callback(_release_when_done(bulkhead))
+        return await asyncio.shield(thread)
 
     async def _run(
         self,
@@ -193,6 +212,38 @@ class RoutePolicy:
             raise
         finally:
             reset_route_deadline(token)
+
+
+def _release_when_done(bulkhead: Bulkhead) -> Callable[[asyncio.Future[Any]], None]:
+    def release(future: asyncio.Future[Any]) -> None:
+        bulkhead.release()
+        if not future.cancelled():
+            future.exception()  # retrieved: a handler that failed after its caller left is not reported twice
+
+    return release
+
+
+def _single_cause(exc: Exception) -> Exception:
+    """The one error inside an exception group whose every error is the same kind of mesh failure (a
+    handler fanning out with ``asyncio.TaskGroup``), so the route answers it as it would answer that error;
+    any other exception as it is."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = _leaves(exc)
+        if leaves and all(isinstance(leaf, Exception) and is_fallback_error(leaf) for leaf in leaves):
+            first = leaves[0]
+            assert isinstance(first, Exception)
+            return first
+    return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
 
 
 def _signature(handler: Callable[..., Any]) -> inspect.Signature:
