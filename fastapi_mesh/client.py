@@ -501,13 +501,40 @@ async def _send_with_client(
 ) -> httpx.Response:
     """A call with ``auth=`` or ``follow_redirects=``, through an ``httpx.AsyncClient`` of its own over the
     stack: its cookie jar holds the call's ``cookies=`` and what the redirects it follows set (a login
-    flow works), and is gone with the call, so nothing reaches another caller's calls."""
-    assert rt.stack is not None
+    flow works), and is gone with the call, so nothing reaches another caller's calls.
+
+    Redirects are followed here, one hop at a time, and only within the service (to its logical address or
+    one of its endpoints): each hop is a new call through the stack, with attempts of its own. A redirect
+    anywhere else is returned unfollowed, with its ``next_request``, as the mesh can only send to the
+    service's endpoints."""
+    if rt.stack is None:
+        raise RuntimeError("this MeshClient was closed while the call was starting")
     auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
-    follow_redirects = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)
+    follow = kwargs.pop("follow_redirects", False)
     client = rt.client_over(_Borrowed(rt.stack), kwargs.pop("cookies", None))
     request = client.build_request(method, url, **kwargs)
-    return await client.send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+    ctx: CallContext = request.extensions[EXTENSION]
+    response = await client.send(request, stream=stream, auth=auth)
+    history: list[httpx.Response] = []
+    while follow and response.next_request is not None and _within(ctx.service, response.next_request.url):
+        if len(history) >= client.max_redirects:
+            await response.aclose()
+            raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=response.next_request)
+        following = response.next_request
+        await response.aread()
+        history.append(response)
+        ctx.new_hop()
+        response = await client.send(following, stream=stream, auth=auth)
+        response.history = list(history)
+    return response
+
+
+def _within(service: ServiceState, url: httpx.URL) -> bool:
+    """Whether ``url`` addresses ``service``: its logical ``http://<name>`` or one of its endpoints."""
+    origin = (url.scheme, url.host, url.port)
+    if origin == ("http", service.name, None):
+        return True
+    return any((e.scheme, e.host, e.port) == origin for e in (s.endpoint for s in service.balancer.endpoints))
 
 
 async def _status_fallback(fallback: Any, service: str, response: httpx.Response) -> httpx.Response:

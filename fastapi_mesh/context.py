@@ -74,6 +74,13 @@ class CallContext:
         #: attempt and kept for the call's retries and hedges. Opaque outside the balancer.
         self.group: object | None = None
 
+    def new_hop(self) -> None:
+        """A followed redirect starts over: attempts and endpoints tried count per hop; the deadline stays."""
+        self.attempts = 0
+        self.tried = []
+        self.endpoint = None
+        self.group = None
+
     def deadline_passed(self, now: float) -> bool:
         """Whether the call's deadline is at or before ``now``. An attempt cancelled then was cancelled by
         the deadline's timer: a timeout, which the breaker and the balancer count as a failure."""

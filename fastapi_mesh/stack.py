@@ -77,6 +77,6 @@ def build_stack(
     layer = BalancerTransport(layer, clock=clock)
     layer = RetryTransport(layer, clock=clock, rng=rng, events=events)
     layer = CircuitBreakerTransport(layer, clock=clock)
-    layer = BulkheadTransport(layer)
+    layer = BulkheadTransport(layer, clock=clock)
     layer = DeadlineTransport(layer, clock=clock)
     return layer

@@ -73,6 +73,7 @@ class BalancerTransport(httpx.AsyncBaseTransport):
                 balancer.record(state, False, now - start)
             raise
         elapsed = clock.now() - start
+        ctx.endpoint = state  # a hedge may have picked another endpoint since: this one answered
         ok = not ctx.service.breaker.is_failure_status(response.status_code)
         balancer.record(state, ok, elapsed)
         if ok and ctx.service.latency is not None:

@@ -33,7 +33,7 @@ import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, NoHealthyEndpoints
+from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, DeadlineExceeded, NoHealthyEndpoints
 from ..events import EventBus
 from ..settings import CircuitBreakerConfig
 
@@ -190,6 +190,9 @@ class CircuitBreaker:
                 self._check_slow()
             elif self._time_window:
                 self._record_time(_SUCCESS)
+                # Old successes leaving the window raise the failure and slow-call rates: check them.
+                if not (self._failures and self._check_failures()) and self._slow:
+                    self._check_slow()
             else:  # the count window's success, inlined: the hottest line of the mesh
                 pos = self._pos
                 if self._calls == self._size:
@@ -285,7 +288,7 @@ class CircuitBreaker:
         config = self._config
         calls, failures, slow = self.window()
         return {
-            "state": self._state,
+            "state": self.state,
             "calls": calls,
             "failures": failures,
             "slow_calls": slow,
@@ -480,12 +483,15 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         ctx: CallContext = request.extensions[EXTENSION]
         service = ctx.service
         breaker = service.breaker
+        clock = self._clock
+        if ctx.deadline is not None and ctx.deadline_passed(clock.now()):
+            # Spent before reaching the service (in a bulkhead queue, say): not the service's failure.
+            raise DeadlineExceeded(service.name, "the deadline passed before the call was sent", request=request)
         ticket = breaker.acquire()
         if ticket < 0:
             retry_after = breaker.retry_after()
             detail = _rejection_detail(breaker, retry_after)
             raise CircuitOpen(service.name, detail, retry_after=retry_after, request=request)
-        clock = self._clock
         timed = breaker.times_calls
         start = clock.now() if timed else 0.0
         try:

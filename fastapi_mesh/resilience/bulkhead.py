@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 
 from .._streams import ReleasingStream
+from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import BulkheadFull
+from ..errors import BulkheadFull, DeadlineExceeded
 
 __all__ = ["Bulkhead", "BulkheadTransport"]
 
@@ -43,8 +44,9 @@ class Bulkhead:
         self.rejected = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
-        """Take a slot, wait in the queue for one, or raise ``BulkheadFull``."""
+    async def acquire(self, time_left: float | None = None) -> None:
+        """Take a slot, wait in the queue for one, or raise ``BulkheadFull``. ``time_left``: seconds until the
+        caller's deadline; a wait it cuts short raises ``DeadlineExceeded`` instead."""
         if self.active < self.limit and not self.waiters:
             self.active += 1
             return
@@ -55,14 +57,20 @@ class Bulkhead:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
+        limit = self.queue_timeout
+        by_deadline = time_left is not None and (limit is None or time_left < limit)
+        if by_deadline:
+            limit = max(time_left or 0.0, 0.0)
         try:
-            if self.queue_timeout is None:
+            if limit is None:
                 await waiter
             else:
-                async with asyncio.timeout(self.queue_timeout):
+                async with asyncio.timeout(limit):
                     await waiter
         except TimeoutError:
             self._abandon(waiter)
+            if by_deadline:
+                raise DeadlineExceeded(self.name, f"{self._scope()}the deadline passed in the bulkhead queue") from None
             self.rejected += 1
             raise BulkheadFull(
                 self.name, f"{self._scope()}no slot within the queue timeout of {self.queue_timeout}s"
@@ -102,8 +110,9 @@ class Bulkhead:
 class BulkheadTransport(httpx.AsyncBaseTransport):
     """Layer: the per-service bulkhead. Services without ``bulkhead.max_concurrent`` pass straight through."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
         self._inner = inner
+        self._clock = clock
 
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         # A plain function returning the next coroutine: an unlimited service costs no extra frame.
@@ -114,7 +123,8 @@ class BulkheadTransport(httpx.AsyncBaseTransport):
         return self._limited(request, ctx, bulkhead)
 
     async def _limited(self, request: httpx.Request, ctx: CallContext, bulkhead: Bulkhead) -> httpx.Response:
-        await bulkhead.acquire()
+        # A queued call waits no longer than its deadline (``retry.max_elapsed`` arms no timer of its own).
+        await bulkhead.acquire(None if ctx.deadline is None else ctx.deadline - self._clock.now())
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:

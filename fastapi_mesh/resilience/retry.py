@@ -62,6 +62,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
             self._hedge_delay(ctx) if config.hedge_delay is not None and idempotent and replayable else None
         )
         delay = 0.0
+        last_response: httpx.Response | None = None  # what an earlier attempt got, when this one gets nothing
+        last_error: httpx.TransportError | None = None
         while True:
             ctx.attempts += 1
             attempt = ctx.attempts
@@ -73,10 +75,22 @@ class RetryTransport(httpx.AsyncBaseTransport):
                         self._inner.handle_async_request,
                         request,
                         hedge_delay,
-                        lambda: self._allow_hedge(ctx, request.method),
+                        lambda: self._allow_hedge(ctx, request.method, max_attempts),
                         lambda r: r.status_code not in service.retry_statuses,
                     )
-            except MeshError:
+            except MeshError as exc:
+                # A retry that could not even be sent (every endpoint full or gone, no time left) must not
+                # hide what the earlier attempts got: their last answer stands, or their last failure.
+                if last_response is not None:
+                    return last_response
+                if last_error is not None and not isinstance(exc, DeadlineExceeded):
+                    raise UpstreamUnavailable(
+                        service.name,
+                        f"{type(last_error).__name__} after {attempt - 1} attempt(s), then no endpoint "
+                        f"for another: {exc}",
+                        endpoint=ctx.endpoint.url if ctx.endpoint is not None else None,
+                        request=request,
+                    ) from last_error
                 raise
             except httpx.TransportError as exc:
                 attempt = ctx.attempts  # a hedge made during this round counts as an attempt too
@@ -86,9 +100,12 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     delay = backoff_delay(config, attempt, self._rng, delay)
                     refusal = self._refusal(ctx, attempt, max_attempts, delay)
                     if refusal is None:
+                        last_error = exc
                         await self._pause(ctx, request.method, attempt, delay, reason)
                         continue
                     self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
+                if last_response is not None:  # an earlier attempt got an answer: it stands
+                    return last_response
                 endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
                 if isinstance(exc, httpx.TimeoutException) and self._past_deadline(ctx):
                     raise DeadlineExceeded(
@@ -118,6 +135,9 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
                 return response
             await response.aclose()
+            if not ctx.stream:  # read already: still whole after closing, so it can stand as the answer
+                last_response = response
+            last_error = None
             await self._pause(ctx, request.method, attempt, delay, reason)
 
     @staticmethod
@@ -131,9 +151,9 @@ class RetryTransport(httpx.AsyncBaseTransport):
             return latency.p95 if latency is not None else None
         return setting
 
-    def _allow_hedge(self, ctx: CallContext, method: str) -> bool:
-        """A hedge is an extra attempt: it needs the retry budget's consent."""
-        if not ctx.service.budget.try_withdraw():
+    def _allow_hedge(self, ctx: CallContext, method: str, max_attempts: int) -> bool:
+        """A hedge is an extra attempt: it needs room under ``max_retries`` and the retry budget's consent."""
+        if ctx.attempts >= max_attempts or not ctx.service.budget.try_withdraw():
             return False
         ctx.attempts += 1
         ctx.service.hedges += 1

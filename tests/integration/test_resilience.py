@@ -276,7 +276,7 @@ async def test_hedge_goes_to_another_endpoint_and_the_first_good_answer_wins(fle
     slow, fast = await fleet.start(2)
     slow.mode = "hang"
     seen: list[str] = []
-    settings = settings_for([slow.url, fast.url], retry={"max_retries": 0, "hedge_delay": "50ms"})
+    settings = settings_for([slow.url, fast.url], retry={"max_retries": 1, "hedge_delay": "50ms"})
     async with MeshClient(settings) as client:
         client.on("service-mesh:retry:attempt", lambda e: seen.append(e.reason))
         response = await client.get("svc", "/x")
@@ -304,7 +304,7 @@ async def test_posts_are_never_hedged(fleet: Fleet) -> None:
 async def test_p95_hedging_waits_for_enough_samples(fleet: Fleet) -> None:
     """hedge_delay="p95" hedges only once the service's latency has been observed."""
     first, second = await fleet.start(2)
-    settings = settings_for([first.url, second.url], retry={"max_retries": 0, "hedge_delay": "p95"})
+    settings = settings_for([first.url, second.url], retry={"max_retries": 1, "hedge_delay": "p95"})
     async with MeshClient(settings) as client:
         first.mode = "slow"
         first.delay = 0.05
