@@ -484,7 +484,8 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         service = ctx.service
         breaker = service.breaker
         clock = self._clock
-        if ctx.deadline is not None and ctx.deadline_passed(clock.now()):
+        deadline = ctx.deadline
+        if deadline is not None and clock.now() >= deadline:
             # Spent before reaching the service (in a bulkhead queue, say): not the service's failure.
             raise DeadlineExceeded(service.name, "the deadline passed before the call was sent", request=request)
         ticket = breaker.acquire()
