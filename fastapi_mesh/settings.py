@@ -14,12 +14,15 @@ Durations are float seconds and also accept ``"500ms"``, ``"3s"``, ``"2m"``, ``"
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -33,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 __all__ = [
     "BulkheadConfig",
@@ -126,10 +129,13 @@ class EndpointConfig(_Section):
 
 def check_endpoint_url(value: str) -> str:
     """Validate an endpoint URL: ``http``/``https``, a host, an optional port, no path beyond ``/``."""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(f"malformed endpoint URL {value!r}: whitespace or control characters")
     try:
         parts = urlsplit(value)
         port = parts.port
-    except ValueError as exc:
+        httpx.URL(value)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"malformed endpoint URL {value!r}: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"malformed endpoint URL {value!r}: the scheme must be http or https")
@@ -139,13 +145,30 @@ def check_endpoint_url(value: str) -> str:
         raise ValueError(f"malformed endpoint URL {value!r}: give only scheme://host[:port]")
     if port == 0:
         raise ValueError(f"malformed endpoint URL {value!r}: port 0")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"malformed endpoint URL {value!r}: no user or password in an endpoint (they would show in "
+            "/mesh/status and metrics); use mTLS or pass credentials per call"
+        )
     host = parts.hostname
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"malformed endpoint URL {value!r}: bad IPv6 address") from None
+    elif _LOOKS_IPV4.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"malformed endpoint URL {value!r}: bad IPv4 address") from None
+    elif not _HOSTNAME.match(host):
+        raise ValueError(f"malformed endpoint URL {value!r}: bad host name {host!r}")
     return value.rstrip("/")
+
+
+_LOOKS_IPV4 = re.compile(r"^[0-9.]+$")
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 
 
 def _coerce_endpoint(value: Any) -> Any:
@@ -586,14 +609,10 @@ class ServicePolicy(_Section):
     routing: RoutingConfig
 
 
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def _merge_fields(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """A section's fields with ``over``'s replacing ``base``'s, whole: a dict-valued field such as
+    ``routing.split`` given in ``over`` replaces the base's dict (``{}`` clears it), it is not merged."""
+    return {**base, **over}
 
 
 class MeshSettings(BaseSettings):
@@ -638,7 +657,9 @@ class MeshSettings(BaseSettings):
             for name in self.services:
                 self.for_service(name)  # surface merge errors (e.g. delays out of order) at start-up
         except ValidationError as exc:
-            raise _with_env_names(exc) from None
+            raise _with_env_names(exc, values) from None
+        except SettingsError as exc:  # a MESH_ variable pydantic-settings could not even decode
+            raise ValueError(_undecodable_env(exc)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -655,15 +676,29 @@ class MeshSettings(BaseSettings):
             if given is None:
                 merged[section] = dict(values)
             elif isinstance(given, Mapping):
-                merged[section] = _deep_merge(values, given)
+                merged[section] = _merge_fields(values, given)
             elif isinstance(given, BaseModel):
-                merged[section] = _deep_merge(values, given.model_dump(exclude_unset=True))
+                merged[section] = _merge_fields(values, given.model_dump(exclude_unset=True))
         return merged
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> MeshSettings:
-        """A copy (see pydantic); its per-service policies are worked out afresh from its own values."""
-        copied = super().model_copy(update=update, deep=deep)
-        copied._policies = {}
+        """A copy; with ``update``, validated as a new ``MeshSettings`` would be (no ``MESH_`` variables are
+        read again), and its per-service policies are worked out afresh.
+
+        ``environment`` cannot change here: the preset's values are already part of the settings, so build
+        ``MeshSettings(environment=...)`` instead."""
+        if not update:
+            copied = super().model_copy(deep=deep)
+            copied._policies = {}
+            return copied
+        if "environment" in update and update["environment"] != self.environment:
+            raise ValueError(
+                "model_copy cannot change environment (the current preset's values are already applied); "
+                "build MeshSettings(environment=...) instead"
+            )
+        copied = type(self).model_validate({**self.model_dump(exclude_unset=True), **update})
+        for name in copied.services:
+            copied.for_service(name)
         return copied
 
     def for_service(self, name: str) -> ServicePolicy:
@@ -679,7 +714,7 @@ class MeshSettings(BaseSettings):
             if partial is None:
                 sections[section] = base
                 continue
-            data = _deep_merge(base.model_dump(), partial.model_dump(exclude_unset=True))
+            data = _merge_fields(base.model_dump(), partial.model_dump(exclude_unset=True))
             try:
                 sections[section] = POLICY_SECTIONS[section].model_validate(data)
             except ValidationError as exc:
@@ -714,11 +749,24 @@ def _env_names(loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def _with_env_names(exc: ValidationError) -> ValidationError:
+def _given_in_code(values: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Whether the value at ``loc`` came from the constructor's arguments (which win over variables)."""
+    node: Any = values
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, BaseModel) and part in node.model_fields_set:
+            node = getattr(node, part)
+        else:
+            return False
+    return True
+
+
+def _with_env_names(exc: ValidationError, values: Mapping[str, Any]) -> ValidationError:
     details: list[InitErrorDetails] = []
     for err in exc.errors():
         message = err["msg"]
-        names = _env_names(err["loc"])
+        names = [] if _given_in_code(values, err["loc"]) else _env_names(err["loc"])
         if names:
             message += " (set by " + ", ".join(f"{name}={os.environ[name]!r}" for name in names) + ")"
         details.append(_detail(err, message, err["loc"]))
@@ -738,17 +786,80 @@ def _detail(err: Any, message: str, loc: tuple[Any, ...]) -> InitErrorDetails:
     )
 
 
+def _mesh_variables() -> list[tuple[str, list[str]]]:
+    """Each ``MESH_`` variable with the setting path it names (upper case, split at ``__``)."""
+    return [
+        (key, key.upper()[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER))
+        for key in os.environ
+        if key.upper().startswith(ENV_PREFIX)
+    ]
+
+
+def _target(annotation: Any) -> Any:
+    """What a field holds, without ``Optional`` and ``Annotated``: a model class, ``dict``, ``list`` or a
+    scalar type."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return origin or annotation
+
+
+def _resolve(path: list[str]) -> tuple[bool, Any]:
+    """Whether ``path`` names a setting, and what that setting holds. Keys below a free-form map (a
+    service name under ``services``, say) are taken as given."""
+    holder: Any = MeshSettings
+    for i, part in enumerate(path):
+        if holder is dict:
+            return True, dict
+        if not (isinstance(holder, type) and issubclass(holder, BaseModel)):
+            return False, None
+        fields = {name.upper(): info for name, info in holder.model_fields.items()}
+        info = fields.get(part)
+        if info is None:
+            return False, None
+        holder = _target(info.annotation)
+        if i == len(path) - 1:
+            return True, holder
+    return False, None
+
+
 def _reject_unknown_env() -> None:
     """A ``MESH_`` variable that names no setting is a typo; say so instead of ignoring it."""
-    known = {name.upper() for name in MeshSettings.model_fields}
-    for key in os.environ:
-        upper = key.upper()
-        if not upper.startswith(ENV_PREFIX):
-            continue
-        head = upper[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER, 1)[0]
-        if head not in known:
+    for key, path in _mesh_variables():
+        known, _ = _resolve(path)
+        if not known:
+            top = sorted(name for name in MeshSettings.model_fields)
             raise ValueError(
-                f"unknown setting in environment variable {key}: {head.lower()!r} is not one of "
-                f"{', '.join(sorted(n.lower() for n in known))}"
+                f"unknown setting in environment variable {key}: "
+                f"{'.'.join(p.lower() for p in path)!r} names no setting (top-level settings: {', '.join(top)})"
             )
+
+
+def _undecodable_env(exc: Exception) -> str:
+    """The message for a ``MESH_`` variable whose value could not be decoded: which one, and why."""
+    culprits = []
+    for key, path in _mesh_variables():
+        _, holder = _resolve(path)
+        complex_value = holder in (dict, list, set, tuple) or (
+            isinstance(holder, type) and issubclass(holder, BaseModel)
+        )
+        if not complex_value:
+            continue
+        try:
+            json.loads(os.environ[key])
+        except ValueError:
+            culprits.append(f"{'.'.join(p.lower() for p in path)} (set by {key}={os.environ[key]!r})")
+    if not culprits:
+        return f"a MESH_ environment variable could not be read: {exc}"
+    return (
+        f"{'; '.join(culprits)}: not valid JSON. Lists and dicts in MESH_ variables are JSON, "
+        "for example MESH_RETRY__RETRY_ON_STATUS='[502, 503]'"
+    )
 

@@ -126,7 +126,8 @@ NOTES: dict[str, str] = {
     "mtls.cert_path": "Client certificate (PEM).",
     "mtls.key_path": "Private key of the client certificate (PEM).",
     "mtls.ca_path": "CA bundle (PEM) that upstream certificates are verified against.",
-    "EndpointConfig.url": "`http` or `https`, a host and an optional port; no path, query or fragment.",
+    "EndpointConfig.url": "`http` or `https`, a host (an IP address or a DNS name) and an optional port; no path, "
+    "query, fragment, user or password (they would show in `/mesh/status` and metrics), no whitespace.",
     "EndpointConfig.weight": "Relative weight for the `weighted` and `random` strategies.",
     "EndpointConfig.metadata": "Free-form string labels.",
     "EndpointConfig.zone": "The endpoint's zone.",
@@ -196,12 +197,20 @@ MESH_SERVICES='{"payment-service": {"retry": {"max_retries": 0}}}'
 ```
 
 A whole section may also be given as one JSON object (`MESH_RETRY='{"max_retries": 3}'`). A `MESH_`
-variable that names no setting is an error, not ignored, so a typo cannot go unnoticed. An unknown field
-inside a section is a validation error like any other (below); an unknown first part is a `ValueError`:
+variable that names no setting, at any level, is an error, not ignored, so a typo cannot go unnoticed:
 
 ```text
 ${error_unknown_env}
 ```
+
+A list or dict value that is not JSON names the setting and the variable:
+
+```text
+${error_bad_json}
+```
+
+A validation error names the variable only when the value came from it: a value passed in code wins over
+the variable, and an error in it names no variable.
 
 ## Durations
 
@@ -215,7 +224,8 @@ ${duration_table}
 `services` maps an upstream service's name to partial overrides of the sections
 ${policy_sections}.
 Only the fields given are replaced; the rest come from the global values (which already include the
-preset). An explicit `null` sets a field that allows it to `null`.
+preset). A field is replaced whole: a dict such as `routing.split` given for a service replaces the global
+one (`{}` clears it), it is not merged key by key. An explicit `null` sets a field that allows it to `null`.
 
 ```python
 ${override_example}
@@ -625,6 +635,7 @@ def render() -> str:
             ),
             error_unknown=_error_text(lambda: MeshSettings(retry={"max_retry": 3})),
             error_unknown_env=_error_text(MeshSettings, {"MESH_RETRIES__MAX_RETRIES": "3"}),
+            error_bad_json=_error_text(MeshSettings, {"MESH_RETRY__RETRY_ON_STATUS": "502,503"}),
         )
     parts = [TITLE, "", GENERATED_NOTE, "", intro.rstrip(), ""]
     top: list[str] = []

@@ -484,7 +484,8 @@ def test_bad_value_fails_at_construction(kwargs: dict[str, Any], field: str, fra
         ("http://", "no host"),
         ("http://host:99999", "Port out of range"),
         ("http://host/path", "give only scheme://host[:port]"),
-        ("not a url", "the scheme must be http or https"),
+        ("not-a-url", "the scheme must be http or https"),
+        ("not a url", "whitespace or control characters"),
         ("http://host:0", "port 0"),
         ("http://host?x=1", "give only scheme://host[:port]"),
     ],
@@ -531,11 +532,9 @@ def test_threshold_larger_than_time_window_is_allowed() -> None:
 def test_unknown_nested_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     """MESH_RETRY__FOO is an unknown key of retry: the error names retry.foo and the variable."""
     monkeypatch.setenv("MESH_RETRY__FOO", "5")
-    with pytest.raises(ValidationError) as exc_info:
+    with pytest.raises(ValueError, match=r"^unknown setting in environment variable MESH_RETRY__FOO: ") as exc_info:
         MeshSettings()
-    message = _message(exc_info)
-    assert "\nretry.foo\n" in message
-    assert "Extra inputs are not permitted (set by MESH_RETRY__FOO='5')" in message
+    assert "'retry.foo' names no setting" in _message(exc_info)
 
 
 @pytest.mark.parametrize("variable", ["MESH_RETRY_MAX_RETRIES", "MESH_SERVICENAME", "mesh_retrys__max_retries"])
@@ -545,8 +544,8 @@ def test_mistyped_env_var_is_rejected(monkeypatch: pytest.MonkeyPatch, variable:
     with pytest.raises(ValueError, match=f"^unknown setting in environment variable {variable}: ") as exc_info:
         MeshSettings()
     assert not isinstance(exc_info.value, ValidationError)
-    head = variable[len("MESH_") :].split("__")[0].lower()
-    assert f"{head!r} is not one of " in _message(exc_info)
+    path = ".".join(variable[len("MESH_") :].split("__")).lower()
+    assert f"{path!r} names no setting" in _message(exc_info)
     assert "retry, routing, service_name, services" in _message(exc_info)
 
 
