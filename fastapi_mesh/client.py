@@ -109,11 +109,17 @@ class _Runtime:
             _Borrowed(stack) if self.user_transport is not None else stack,
             http.cookiejar.CookieJar(_KeepNoCookies()),
         )
-        await self.discovery.start(self.registry.publish)
-        self.discovery_started = True
-        for service in self.registry.services:
-            self.discovery.watch(service)
-        await self.health.start()
+        try:
+            await self.discovery.start(self.registry.publish)
+            self.discovery_started = True
+            for service in self.registry.services:
+                self.discovery.watch(service)
+            await self.health.start()
+        except BaseException:
+            # Half-started is not started: undo, so that the next start (on a new loop, say) starts afresh.
+            await self.stop()
+            self.closed = False
+            raise
         return client
 
     def client_over(self, transport: httpx.AsyncBaseTransport, cookies: _Cookies) -> httpx.AsyncClient:
@@ -463,7 +469,7 @@ class MeshClient:
     def get_metrics(self) -> dict[str, Any]:
         """A snapshot per upstream service: ``load_balancer`` (endpoints), ``circuit_breakers``, ``bulkheads``,
         ``retry`` and ``requests`` counters."""
-        services = self._rt.registry.services
+        services = self._rt.registry.known()  # not every name somebody called: that is unbounded
         return {
             "service": self._rt.settings.service_name,
             "environment": self._rt.settings.environment,

@@ -13,9 +13,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import HTTPConnection
 
 from .client import MeshClient
 from .clock import Clock
@@ -36,6 +37,8 @@ Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 #: Attribute of ``app.state`` that holds the running Mesh.
 STATE_KEY = "fastapi_mesh"
+#: Meshes whose lifespan is running in this process (for apps mounted under the one that runs it).
+_RUNNING: list[Mesh] = []
 
 
 class Mesh:
@@ -75,9 +78,11 @@ class Mesh:
         if state is not None:
             setattr(state, STATE_KEY, self)
         await self.client.initialize()
+        _RUNNING.append(self)
         try:
             yield
         finally:
+            _RUNNING.remove(self)
             self.health.drain()
             await self.client.aclose()
 
@@ -90,7 +95,10 @@ class Mesh:
         @asynccontextmanager
         async def combined(app: Any) -> AsyncIterator[Any]:
             async with self.lifespan(app), lifespan(app) as state:
-                yield state
+                try:
+                    yield state
+                finally:
+                    self.health.drain()  # readiness turns 503 before the app's own shutdown begins
 
         return combined
 
@@ -163,15 +171,19 @@ class Mesh:
         self.health.add_check(name, check, kind=kind, critical=critical)
 
 
-async def get_mesh(request: Request) -> MeshClient:
+async def get_mesh(request: HTTPConnection) -> MeshClient:
     """FastAPI dependency: the app's ``MeshClient``, as a view carrying this request's caller address,
     deadline header and trace headers (so ip-hash, affinity, deadlines and trace context work without the
-    middleware)."""
+    middleware). Works in HTTP and WebSocket routes, and in an app mounted under the one whose lifespan
+    runs the Mesh (when that is the process's only running Mesh)."""
     mesh: Mesh | None = getattr(request.app.state, STATE_KEY, None)
+    if mesh is None and len(_RUNNING) == 1:
+        mesh = _RUNNING[0]  # a mounted sub-app: its own state does not have the parent's Mesh
     if mesh is None:
         raise RuntimeError(
             "no running Mesh for this app: create it with FastAPI(lifespan=mesh.lifespan) "
             "(or run mesh.lifespan inside your own lifespan)"
+            + (f"; {len(_RUNNING)} Meshes run in this process, so a mounted app cannot tell which" if _RUNNING else "")
         )
     inbound = current_inbound()
     if inbound is None:

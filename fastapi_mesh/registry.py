@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import httpx
@@ -22,6 +23,9 @@ __all__ = ["ServiceRegistry", "ServiceState"]
 
 #: Parsed request URLs kept per service, by path; the cache starts over when it holds this many.
 URL_CACHE_SIZE = 256
+#: Services called by a name that discovery never gave an endpoint, and that no setting names, kept at once:
+#: a gateway taking the name from its URL must not grow state (or metric series) without bound.
+MAX_UNKNOWN_SERVICES = 64
 
 
 class ServiceState:
@@ -38,6 +42,7 @@ class ServiceState:
         "failures",
         "fallback_enabled",
         "hedges",
+        "known",
         "latency",
         "name",
         "policy",
@@ -83,6 +88,8 @@ class ServiceState:
         self.retry_statuses = frozenset(policy.retry.retry_on_status)
         self.latency = LatencyWindow() if retry.hedge_delay == "p95" else None
         self.hedges = 0
+        #: Named by the settings, or given endpoints by discovery at some point: shown in status and metrics.
+        self.known = False
         self.requests = 0
         self.successes = 0
         self.failures = 0
@@ -106,7 +113,7 @@ class ServiceState:
 class ServiceRegistry:
     """Maps service names to their ``ServiceState``; discovery publishes into it."""
 
-    __slots__ = ("_clock", "_events", "_on_new", "_rng", "_settings", "services")
+    __slots__ = ("_clock", "_configured", "_events", "_on_new", "_rng", "_settings", "_unknown", "services")
 
     def __init__(
         self,
@@ -122,6 +129,12 @@ class ServiceRegistry:
         self._events = events
         self._on_new = on_new
         self.services: dict[str, ServiceState] = {}
+        self._configured = frozenset(settings.discovery.endpoints) | frozenset(settings.services)
+        self._unknown: OrderedDict[str, None] = OrderedDict()
+
+    def known(self) -> dict[str, ServiceState]:
+        """The services worth showing: named by the settings or given endpoints by discovery."""
+        return {name: state for name, state in self.services.items() if state.known}
 
     def get(self, name: str) -> ServiceState:
         state = self.services.get(name)
@@ -136,12 +149,29 @@ class ServiceRegistry:
                 self._settings.circuit_breaker.timeout,
                 self._settings.zone,
             )
+            if name in self._configured:
+                state.known = True
+            else:
+                self._forget_unknown_beyond_limit(name)
             if self._on_new is not None:
                 self._on_new(name)
         return state
 
+    def _forget_unknown_beyond_limit(self, name: str) -> None:
+        unknown = self._unknown
+        unknown[name] = None
+        while len(unknown) > MAX_UNKNOWN_SERVICES:
+            oldest, _ = unknown.popitem(last=False)
+            state = self.services.get(oldest)
+            if state is not None and not state.known:
+                del self.services[oldest]  # a call still holding it finishes normally
+
     def publish(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         """Discovery's callback: ``name`` now has exactly ``endpoints`` (announced only when that changed)."""
-        changed = self.get(name).balancer.update(endpoints)
+        state = self.get(name)
+        changed = state.balancer.update(endpoints)
+        if endpoints and not state.known:
+            state.known = True
+            self._unknown.pop(name, None)
         if changed and self._events.wants(ENDPOINTS_CHANGED):
             self._events.emit(ENDPOINTS_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))

@@ -96,7 +96,7 @@ class HealthManager:
         """Run every check of ``kind`` once, each bounded by ``health_check.check_timeout``."""
         checks = [c for c in self._checks.values() if c.kind == kind]
         await asyncio.gather(*(self._run_one(c) for c in checks))
-        if kind == "startup" and self._phase == "started" and self._all_pass("startup"):
+        if kind == "startup" and self._phase == "started" and self._startup_passed():
             self._startup_done = True
 
     async def _run_one(self, check: _Check) -> None:
@@ -111,6 +111,11 @@ class HealthManager:
                 error = "check returned False"
         except TimeoutError:
             ok, error = False, f"timed out after {self.config.check_timeout}s"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            ok, error = False, "CancelledError: the check's own work was cancelled"
         except Exception as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"
         check.last_run = self._clock.now()
@@ -119,17 +124,20 @@ class HealthManager:
         check.last_error = error
         check.consecutive_failures = 0 if ok else check.consecutive_failures + 1
 
-    def _all_pass(self, kind: CheckKind) -> bool:
-        return all(c.passed for c in self._checks.values() if c.kind == kind)
+    def _startup_passed(self) -> bool:
+        """Every startup check has passed at least once (not necessarily in the same round)."""
+        return all(c.ever_passed for c in self._checks.values() if c.kind == "startup")
 
     # --------------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Run every check once, mark the app started, then keep checking in the background."""
+        self._phase = "starting"
+        self._startup_done = False  # a restart proves start-up again
         await asyncio.gather(self.run("startup"), self.run("liveness"), self.run("readiness"))
         self._phase = "started"
         self._started_at = self._clock.now()
-        if self._all_pass("startup"):
+        if self._startup_passed():
             self._startup_done = True
         self._tasks = [
             asyncio.create_task(self._loop(("liveness",), self.config.liveness_interval)),
@@ -146,6 +154,11 @@ class HealthManager:
                     continue
                 try:
                     await self.run(kind)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    logger.warning("health checks (%s): a round was cancelled; the loop goes on", kind)
                 except Exception:  # pragma: no cover - _run_one already catches check failures
                     logger.exception("health checks (%s) failed to run", kind)
 
@@ -190,9 +203,12 @@ class HealthManager:
         return self._summary("liveness")
 
     def readiness(self) -> dict[str, object]:
-        """May traffic come in? Not before start-up ends, not while draining, not on failing checks."""
+        """May traffic come in? Not before start-up ends (every startup check passed once), not while
+        draining, not on failing checks."""
         if self._phase in ("starting", "draining", "stopped"):
             return self._summary("readiness", self._phase)
+        if not self._startup_done:
+            return self._summary("readiness", "startup checks have not all passed yet")
         return self._summary("readiness")
 
     def startup(self) -> dict[str, object]:

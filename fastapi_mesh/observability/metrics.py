@@ -32,7 +32,7 @@ class MeshCollector(Collector):
         info = InfoMetricFamily("mesh", "This service's mesh identity")
         info.add_metric([], {"service": settings.service_name, "environment": settings.environment})
         yield info
-        services = self._client._rt.registry.services
+        services = self._client._rt.registry.known()
         requests = CounterMetricFamily(
             "mesh_upstream_requests",
             "Finished calls to upstream services, by final outcome (streams: when the response head arrives)",
