@@ -24,7 +24,7 @@ from .context import InboundContext, current_inbound
 from .discovery import Discovery
 from .events import EventHandler
 from .health.manager import CheckKind, HealthCheckFn, HealthManager
-from .observability.metrics import build_registry
+from .observability.metrics import InboundMetrics, build_registry
 from .resilience.fallback import MISSING
 from .resilience.policy import RoutePolicy
 from .settings import MeshSettings
@@ -61,6 +61,8 @@ class Mesh:
         self.client = MeshClient(self.settings, transport=transport, clock=clock, rng=rng, discovery=discovery)
         self.clock: Clock = self.client._rt.clock
         self.registry = build_registry(self.client)
+        #: Inbound request counts and durations, recorded by ``MeshMiddleware``.
+        self.inbound = InboundMetrics(self.registry)
         self.router = self._build_router()
 
     @property

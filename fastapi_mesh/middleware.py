@@ -3,8 +3,10 @@
     app.add_middleware(MeshMiddleware, mesh=mesh)
 
 Records the inbound caller, deadline header and trace headers for outbound calls made while serving the
-request (``Depends(get_mesh)`` gets the same without this middleware), and turns a ``MeshError`` that
-escapes a route into 503 with ``Retry-After`` (a deadline into 504) instead of a 500.
+request (``Depends(get_mesh)`` gets the same without this middleware), turns a ``MeshError`` that
+escapes a route into 503 with ``Retry-After`` (a deadline into 504) instead of a 500, and counts each
+request in ``mesh_inbound_requests_total`` and ``mesh_inbound_request_duration_seconds`` by method, route
+template and status (the mesh's own probe, status and metrics routes are not counted).
 
 When some upstream's affinity is keyed on a cookie (``load_balancer.affinity_key: "cookie:<name>"``) and
 a request without that cookie makes an outbound call keyed on it, the call gets a fresh random value for it
@@ -17,6 +19,7 @@ needs it, so a call made after the response has started (while a body streams) c
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +44,9 @@ class MeshMiddleware:
         #: Cookies some upstream's session affinity is keyed on: issued to requests that lack them and make a
         #: call keyed on them, and then set on the response.
         self.affinity_cookies = affinity_cookie_names(mesh.settings)
+        #: The mesh's probe, status and metrics routes (by endpoint: ``include_router`` copies the routes),
+        #: not counted as the service's traffic.
+        self.own_endpoints = frozenset(getattr(route, "endpoint", None) for route in mesh.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,11 +59,14 @@ class MeshMiddleware:
         inbound.issuable = self.affinity_cookies
         token = set_inbound(inbound)
         started = False
+        status = 500  # what the client gets when the app fails before answering
+        began = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 if inbound.issued:
                     cookies = _set_cookie_headers(inbound.issued, scope.get("scheme") == "https")
                     message = {**message, "headers": [*message.get("headers", ()), *cookies]}
@@ -71,6 +80,10 @@ class MeshMiddleware:
             await mesh_error_response(exc)(scope, receive, send_wrapper)  # with the cookie the calls used
         finally:
             reset_inbound(token)
+            route = scope.get("route")
+            if getattr(route, "endpoint", None) not in self.own_endpoints or route is None:
+                template = getattr(route, "path", None)
+                self.mesh.inbound.observe(scope["method"], template, status, time.perf_counter() - began)
 
 
 def _set_cookie_headers(issued: dict[str, str], secure: bool) -> list[tuple[bytes, bytes]]:

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -16,7 +23,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from ..client import MeshClient
 
-__all__ = ["MeshCollector", "build_registry"]
+__all__ = ["InboundMetrics", "MeshCollector", "build_registry"]
 
 BREAKER_STATES = ("closed", "open", "half-open", "forced-open", "disabled")
 
@@ -103,3 +110,40 @@ def build_registry(client: MeshClient) -> CollectorRegistry:
     GCCollector(registry=registry)
     registry.register(MeshCollector(client))
     return registry
+
+
+#: Seconds; from a fast in-process answer to the slowest a route should take.
+INBOUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Methods kept as label values; any other is counted as ``OTHER`` (the label set stays bounded).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The ``route`` label of a request that matched no route (a 404): never the raw path, which is unbounded.
+UNMATCHED = "<unmatched>"
+
+
+class InboundMetrics:
+    """Requests this service answered, by method, route template and status, and their durations.
+
+    Labels are bounded by the application: the route is the matched route's template
+    (``/api/users/{user_id}``), never the raw path.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mesh_inbound_requests",
+            "Requests this service answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "mesh_inbound_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by method and route template",
+            ["method", "route"],
+            buckets=INBOUND_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        route = route if route is not None else UNMATCHED
+        self.requests.labels(method, route, str(status)).inc()
+        self.duration.labels(method, route).observe(seconds)
