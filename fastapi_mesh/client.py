@@ -158,8 +158,12 @@ class _Runtime:
             if not response.is_closed:  # the attempt layer read the body; this decodes it (gzip ...)
                 await response.aread()
             _set_elapsed(response, start)
-        if response.status_code in _REDIRECTS and "location" in response.headers:
-            response.next_request = self.http._build_redirect_request(request, response) if self.http else None
+        if response.status_code in _REDIRECTS and "location" in response.headers and self.http is not None:
+            try:
+                response.next_request = self.http._build_redirect_request(request, response)
+            except BaseException:  # a Location httpx cannot use: as httpx, raise; first free what is held
+                await response.aclose()
+                raise
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 'HTTP Request: %s %s "%s %d %s"',
@@ -497,9 +501,14 @@ def _dispatch(
 ) -> Coroutine[Any, Any, httpx.Response]:
     """Build the call's request with httpx and send it: straight to the stack, or, for a call with
     ``auth=`` or ``follow_redirects=``, through ``httpx.AsyncClient.send``, which handles those."""
-    if "auth" not in kwargs and "follow_redirects" not in kwargs:
-        return rt.send(http.build_request(method, url, **kwargs), stream=stream)
-    return _send_with_client(rt, method, url, kwargs, stream=stream)
+    if "auth" in kwargs or "follow_redirects" in kwargs:
+        auth = kwargs.get("auth")
+        if (auth is None or auth is httpx.USE_CLIENT_DEFAULT) and not kwargs.get("follow_redirects"):
+            kwargs.pop("auth", None)  # no auth, no redirects: what the fast path does anyway
+            kwargs.pop("follow_redirects", None)
+        else:
+            return _send_with_client(rt, method, url, kwargs, stream=stream)
+    return rt.send(http.build_request(method, url, **kwargs), stream=stream)
 
 
 async def _send_with_client(
@@ -527,7 +536,10 @@ async def _send_with_client(
             await response.aclose()
             raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=response.next_request)
         following = response.next_request
-        await response.aread()
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()  # a body that failed to arrive still gives its slots back
         history.append(response)
         ctx.new_hop()
         response = await client.send(following, stream=stream, auth=auth)

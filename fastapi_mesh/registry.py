@@ -25,7 +25,7 @@ __all__ = ["ServiceRegistry", "ServiceState"]
 URL_CACHE_SIZE = 256
 #: Services called by a name that discovery never gave an endpoint, and that no setting names, kept at once:
 #: a gateway taking the name from its URL must not grow state (or metric series) without bound.
-MAX_UNKNOWN_SERVICES = 64
+MAX_UNKNOWN_SERVICES = 1024
 
 
 class ServiceState:
@@ -138,6 +138,8 @@ class ServiceRegistry:
 
     def get(self, name: str) -> ServiceState:
         state = self.services.get(name)
+        if state is not None and not state.known:
+            self._unknown.move_to_end(name)  # in use: the last to be forgotten
         if state is None:
             policy = self._settings.for_service(name)
             state = self.services[name] = ServiceState(

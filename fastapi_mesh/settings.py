@@ -168,7 +168,7 @@ def check_endpoint_url(value: str) -> str:
 
 _LOOKS_IPV4 = re.compile(r"^[0-9.]+$")
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?$")
 
 
 def _coerce_endpoint(value: Any) -> Any:

@@ -133,7 +133,10 @@ class HealthManager:
     async def start(self) -> None:
         """Run every check once, mark the app started, then keep checking in the background."""
         self._phase = "starting"
-        self._startup_done = False  # a restart proves start-up again
+        self._startup_done = False  # a restart proves start-up again: every startup check must pass anew
+        for check in self._checks.values():
+            if check.kind == "startup":
+                check.ever_passed = False
         await asyncio.gather(self.run("startup"), self.run("liveness"), self.run("readiness"))
         self._phase = "started"
         self._started_at = self._clock.now()

@@ -37,11 +37,12 @@ async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Reques
     if inspect.isawaitable(value):
         value = await value
     if isinstance(value, httpx.Response):
-        if value is fallback:  # shared by every call that falls back: answer with a copy
+        if value is fallback and _is_read(value):  # shared by every call that falls back: answer with a copy
+            headers = [(k, v) for k, v in value.headers.multi_items() if k.lower() not in _BODY_FRAMING]
             copy = httpx.Response(
                 value.status_code,
-                headers=value.headers,
-                content=value.content,
+                headers=headers,
+                content=value.content,  # decoded already: sent without its content-encoding
                 extensions=value.extensions,
                 request=request,
             )
@@ -54,6 +55,18 @@ async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Reques
     response = httpx.Response(200, content=body, headers={"content-type": "application/json"}, request=request)
     response.extensions["mesh_fallback"] = True
     return response
+
+
+#: Headers that describe the body as it was on the wire, not the decoded bytes a copy carries.
+_BODY_FRAMING = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+def _is_read(response: httpx.Response) -> bool:
+    try:
+        response.content  # noqa: B018
+    except httpx.ResponseNotRead:
+        return False
+    return True
 
 
 def _has_request(response: httpx.Response) -> bool:

@@ -134,8 +134,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if refusal is not None:
                 self._exhausted(ctx, request.method, attempt, f"{reason}; {refusal}")
                 return response
-            await response.aclose()
-            if not ctx.stream:  # read already: still whole after closing, so it can stand as the answer
+            if ctx.stream:
+                await response.aclose()
+            else:  # its body is in memory: mark it read (which closes it), so it can stand as the answer
+                await response.aread()
                 last_response = response
             last_error = None
             await self._pause(ctx, request.method, attempt, delay, reason)
