@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m example_app
+	$(BIN)/python -m example_app $(ARGS)
 
 system-packages:
 	bash scripts/system-packages.sh

@@ -36,14 +36,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid mesh settings: {exc}", file=sys.stderr)
         return 1
     if args.command == "check":
-        try:
-            build_discovery(settings)
-        except (NotImplementedError, ValueError) as exc:
-            print(f"invalid mesh settings: discovery.backend: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))
-    else:
-        print(json.dumps(settings.for_service(args.service).model_dump(mode="json"), indent=2))
+        if settings.discovery.backend == "custom":
+            # The application passes its own Discovery object; nothing here can see it, or fault it.
+            print("note: discovery.backend is 'custom': the Discovery object is the application's", file=sys.stderr)
+        else:
+            try:
+                build_discovery(settings)
+            except (NotImplementedError, ValueError) as exc:
+                print(f"invalid mesh settings: discovery.backend: {exc}", file=sys.stderr)
+                return 1
+        return _print(settings.model_dump(mode="json"))
+    return _print(settings.for_service(args.service).model_dump(mode="json"))
+
+
+def _print(data: object) -> int:
+    """Print ``data`` as JSON; a reader that stops early (``| head``) is not an error."""
+    try:
+        print(json.dumps(data, indent=2), flush=True)
+    except BrokenPipeError:
+        sys.stdout = None  # nothing more can reach the reader
     return 0
 
 

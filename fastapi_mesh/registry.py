@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
 
 __all__ = ["ServiceRegistry", "ServiceState"]
+
+logger = logging.getLogger("fastapi_mesh.discovery")
 
 #: Parsed request URLs kept per service, by path; the cache starts over when it holds this many.
 URL_CACHE_SIZE = 256
@@ -171,7 +174,11 @@ class ServiceRegistry:
     def publish(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         """Discovery's callback: ``name`` now has exactly ``endpoints`` (announced only when that changed)."""
         state = self.get(name)
-        changed = state.balancer.update(endpoints)
+        try:
+            changed = state.balancer.update(endpoints)
+        except Exception:  # a malformed answer must not cost the last good set, nor the backend its loop
+            logger.exception("discovery answer for service %r not applied; its last endpoint set stays", name)
+            return
         if endpoints and not state.known:
             state.known = True
             self._unknown.pop(name, None)

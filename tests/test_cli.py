@@ -125,3 +125,29 @@ def test_check_reports_an_unavailable_discovery_backend(
     monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "consul")
     assert main(["check"]) == 1
     assert "discovery.backend" in capsys.readouterr().err
+
+
+def test_check_accepts_a_custom_discovery_backend(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`custom` is a valid backend whose object the application supplies: `check` passes and says so."""
+    monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "custom")
+    assert main(["check"]) == 0
+    captured = capsys.readouterr()
+    assert '"backend": "custom"' in captured.out
+    assert "the Discovery object is the application's" in captured.err
+
+
+def test_a_reader_that_stops_early_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fastapi-mesh policy svc | head -1`: when the pipe closes under the output, exit 0, no traceback."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+        def flush(self) -> None:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["policy", "svc"]) == 0

@@ -45,6 +45,9 @@ __all__ = ["DEFAULT_RTT", "EWMA_ALPHA", "SLOW_START_MIN_WEIGHT", "Balancer", "En
 EWMA_ALPHA = 0.3
 #: ``p2c-ewma``: the latency estimate of an endpoint that has not answered yet (Linkerd's default).
 DEFAULT_RTT = 0.030
+#: A failed attempt counts as this many times the endpoint's latency average (at least ``DEFAULT_RTT``):
+#: an endpoint that refuses connections or answers 503 at once must look slow, never fast.
+FAILURE_PENALTY = 4.0
 #: Slow start: the share of its weight a new endpoint gets at first (Envoy's ``min_weight_percent``).
 SLOW_START_MIN_WEIGHT = 0.1
 #: Consistent hashing: ring points the fast path looks at before the slow path (the rest of the ring, each
@@ -122,12 +125,14 @@ class EndpointState:
         start = self.warm_start
         return max(SLOW_START_MIN_WEIGHT, (now - start) / (until - start))
 
-    def record(self, ok: bool, latency: float) -> None:
-        """Note one finished attempt (``ok`` is False for a 5xx or a transport failure).
+    def record(self, ok: bool, latency: float) -> float:
+        """Note one finished attempt (``ok`` is False for a 5xx or a transport failure); returns the
+        latency it counted.
 
-        A failure never makes the endpoint look faster: it counts as at least the current latency average
-        (as at least ``DEFAULT_RTT`` when it is the first sample), so an endpoint that refuses connections
-        or answers 503 at once does not attract ``least-response-time`` traffic."""
+        A failure makes the endpoint look slower: it counts as ``FAILURE_PENALTY`` times the larger of its
+        own latency and the current average (``DEFAULT_RTT`` for a first sample), so an endpoint that
+        refuses connections or answers 503 at once soon looks slower than its healthy peers and the
+        latency-aware strategies send it little traffic."""
         self.requests += 1
         if ok:
             self.consecutive_failures = 0
@@ -135,9 +140,9 @@ class EndpointState:
             self.failures += 1
             self.consecutive_failures += 1
             floor = self.ewma if self.requests > 1 else DEFAULT_RTT
-            if latency < floor:
-                latency = floor
+            latency = FAILURE_PENALTY * max(latency, floor, DEFAULT_RTT)
         self.ewma = latency if self.requests == 1 else self.ewma + EWMA_ALPHA * (latency - self.ewma)
+        return latency
 
     def observe_peak(self, ok: bool, latency: float, now: float, decay: float) -> None:
         """Peak-EWMA: a slower sample replaces the estimate; a faster one pulls it down with time constant
@@ -592,8 +597,11 @@ class Balancer:
                     moved(state, old, old - 1)
 
     def record(self, state: EndpointState, ok: bool, latency: float) -> None:
-        """One attempt's outcome on ``state``: its own counters and latency, and the outlier detector."""
-        state.record(ok, latency)
+        """One attempt's outcome on ``state``: its own counters and latency, and the outlier detector.
+        An attempt that ends after its endpoint left discovery counts for nothing: the endpoint is gone."""
+        if not state.pools:
+            return
+        latency = state.record(ok, latency)
         if self._needs_clock:
             state.observe_peak(ok, latency, self._clock.now(), self._decay)
         url = state.endpoint.url

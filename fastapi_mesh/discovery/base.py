@@ -14,6 +14,10 @@ __all__ = ["Discovery", "Endpoint", "Publish"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+#: The largest endpoint weight (as ``EndpointConfig.weight`` allows).
+MAX_WEIGHT = 10_000
+
+
 class Endpoint:
     """One replica of a service, with its origin pre-encoded so no URL is re-parsed per attempt.
 
@@ -42,6 +46,8 @@ class Endpoint:
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = netloc if explicit in (None, default) else f"{netloc}:{explicit}"
         self.host_header_bytes = self.host_header.encode("ascii")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"endpoint {url}: weight must be a whole number from 0 to {MAX_WEIGHT}, not {weight!r}")
         self.weight = weight
         self.metadata: Mapping[str, str] = dict(metadata or {})
         self.zone = zone

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from fastapi_mesh.balancing import Balancer, EndpointState, build_strategy
-from fastapi_mesh.balancing.balancer import DEFAULT_RTT
+from fastapi_mesh.balancing.balancer import DEFAULT_RTT, FAILURE_PENALTY
 from fastapi_mesh.balancing.hashing import Ring, key_hash, points_per_endpoint
 from fastapi_mesh.balancing.strategies import MAX_TRIES, LeastConnections
 from fastapi_mesh.clock import ManualClock
@@ -177,8 +177,8 @@ def test_p2c_ewma_peak_jumps_up_and_decays_back() -> None:
     b.record(state, True, 0.0)
     assert state.peak == pytest.approx(0.36788, rel=1e-4)
     clock.advance(0.001)
-    b.record(state, False, 0.0)  # a fast failure does not make it look faster
-    assert state.peak == pytest.approx(0.36788, rel=1e-4)
+    b.record(state, False, 0.0)  # a fast failure makes it look slower, at once
+    assert state.peak > 0.5
 
 
 def test_p2c_ewma_rested_slow_endpoint_is_tried_again() -> None:
@@ -386,17 +386,36 @@ def test_weight_zero_endpoint_is_the_last_resort_with_hashing(settings: dict[str
     assert {b.pick(call(key=f"user-{i}")) for i in range(20)} == {drained}
 
 
-def test_failures_never_make_an_endpoint_look_faster() -> None:
-    """A fast failure counts as the latency average so far (as DEFAULT_RTT when it comes first), so an
-    endpoint answering 503 in 1 ms does not win least-response-time pairings."""
+def test_failures_make_an_endpoint_look_slower() -> None:
+    """A failure counts as FAILURE_PENALTY times the larger of its latency and the average so far (and
+    DEFAULT_RTT), so an endpoint answering 503 in 1 ms looks slower with each failure; a real answer
+    counts as it is."""
     b = balancer(endpoints(2), strategy="least-response-time")
     healthy, failing = b.endpoints
     b.record(healthy, True, 0.020)
     b.record(failing, False, 0.001)
-    assert failing.ewma == DEFAULT_RTT
+    assert failing.ewma == FAILURE_PENALTY * DEFAULT_RTT
+    before = failing.ewma
     b.record(failing, False, 0.001)
-    assert failing.ewma == DEFAULT_RTT
+    assert failing.ewma == pytest.approx(before + 0.3 * (FAILURE_PENALTY * before - before))
+    before = failing.ewma
     b.record(failing, True, 0.001)
-    assert failing.ewma < DEFAULT_RTT  # a real fast answer does count
+    assert failing.ewma < before  # a real fast answer does count
     b.record(healthy, False, 0.5)
-    assert healthy.ewma == pytest.approx(0.020 + 0.3 * (0.5 - 0.020))  # a slow failure counts as it is
+    assert healthy.ewma == pytest.approx(0.020 + 0.3 * (FAILURE_PENALTY * 0.5 - 0.020))
+
+
+@pytest.mark.parametrize("strategy", ["least-response-time", "p2c-ewma"])
+def test_a_replica_failing_fast_gets_little_traffic(strategy: str) -> None:
+    """Two replicas answer in 50 ms, one fails in 1 ms: the latency-aware strategies send the failing one
+    far less than its third of the calls (outlier ejection aside)."""
+    clock = ManualClock()
+    b = balancer(endpoints(3), strategy=strategy, clock=clock)
+    failing = b.endpoints[0]
+    chosen: Counter[str] = Counter()
+    for _ in range(600):
+        state = b.pick(call())
+        chosen[host(state)] += 1
+        clock.advance(0.01)
+        b.record(state, state is not failing, 0.001 if state is failing else 0.050)
+    assert chosen[host(failing)] < 600 * 0.15

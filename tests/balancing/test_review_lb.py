@@ -1,0 +1,66 @@
+"""Balancer fixes from review: departed endpoints count for nothing, bad answers keep the last good set."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from fastapi_mesh import MeshClient, MeshSettings
+from fastapi_mesh.discovery import Endpoint
+from tests.balancing.support import balancer, call, endpoints
+
+
+def test_an_attempt_ending_after_its_endpoint_left_counts_for_nothing() -> None:
+    """Failures recorded on an endpoint discovery removed meanwhile neither eject it nor use up the
+    ejection room the endpoints still in the set may need."""
+    b = balancer(endpoints(4), outlier={"consecutive_failures": 2, "max_ejection_percent": 40})
+    gone = b.endpoints[3]
+    b.update([s.endpoint for s in b.endpoints[:3]])
+    for _ in range(3):
+        b.record(gone, False, 0.01)
+    assert not b.outlier.is_ejected(gone.url)
+    stays = b.endpoints[1]
+    for _ in range(2):
+        b.record(stays, False, 0.01)
+    assert b.outlier.is_ejected(stays.url)
+
+
+@pytest.mark.parametrize("weight", [2.5, -3, True, 10_001, "3"])
+def test_an_endpoint_with_an_impossible_weight_cannot_be_made(weight: object) -> None:
+    """Weights are whole numbers from 0 to 10,000, as in the settings."""
+    with pytest.raises(ValueError, match="weight must be a whole number"):
+        Endpoint("http://10.0.0.1:80", weight=weight)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_discovery_answer_that_cannot_be_applied_keeps_the_last_good_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An answer the balancer cannot take is logged and dropped; calls keep going to the last good set."""
+
+    class Broken(Endpoint):
+        @property  # type: ignore[override]
+        def weight(self) -> int:
+            raise RuntimeError("a backend bug")
+
+        @weight.setter
+        def weight(self, value: int) -> None:
+            pass
+
+    settings = MeshSettings(discovery={"endpoints": {"svc": ["http://10.0.0.1:1"]}})
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.url.host))
+    async with MeshClient(settings, transport=transport) as client:
+        with caplog.at_level(logging.ERROR, logger="fastapi_mesh.discovery"):
+            client._rt.registry.publish("svc", [Broken("http://10.0.0.9:1")])
+        answer = (await client.get("svc", "/x")).text
+    assert answer == "10.0.0.1"
+    assert "last endpoint set stays" in caplog.text
+
+
+def test_pick_after_an_update_never_returns_a_departed_endpoint() -> None:
+    """After an update, picks come from the new set only."""
+    b = balancer(endpoints(3))
+    b.update([s.endpoint for s in b.endpoints[:2]])
+    assert {b.pick(call()).url for _ in range(20)} == {s.url for s in b.endpoints}
