@@ -230,6 +230,7 @@ class Balancer:
         "_level",
         "_limit",
         "_marked",
+        "_marked_counts",
         "_needs_clock",
         "_ok",
         "_panic",
@@ -292,6 +293,8 @@ class Balancer:
         self._populated = False
         self._warming_until = 0.0
         self._marked: list[EndpointState] = []  # endpoints seen ejected, for the zone's availability
+        #: Per pool: (what the count depends on, ejected members, when the first of those ejections ends).
+        self._marked_counts: dict[_Pool, tuple[tuple[int, int, int], int, float]] = {}
         # Per-pick scratch, read by ``_eligible``. A pick never awaits, so no other pick can interleave.
         self._tried: list[EndpointState] = _NO_TRIED
         self._panic = False
@@ -303,7 +306,8 @@ class Balancer:
 
     def update(self, endpoints: Sequence[Endpoint]) -> bool:
         """Replace the endpoint set; returns whether it changed: an endpoint came or went, or changed its
-        weight, zone or metadata (the order does not count: DNS and Consul answers rotate). State of
+        weight, zone or metadata (the order does not count: DNS and Consul answers rotate; of a URL listed
+        twice, the last entry counts). State of
         endpoints that stay (in flight, latency) is kept. Only the pools whose members changed are rebuilt
         (O(their size)); the others, their rotations and rings, stay as they are."""
         by_url = self._by_url
@@ -311,9 +315,9 @@ class Balancer:
         dirty: set[EndpointState] = set()  # new, or changed weight, zone or metadata
         warming = self._populated and self._window > 0
         now: float | None = None
-        for endpoint in endpoints:
-            url = endpoint.url
-            state = fresh.get(url) or by_url.get(url)
+        latest = {endpoint.url: endpoint for endpoint in endpoints}  # a URL listed twice: the last entry counts
+        for url, endpoint in latest.items():
+            state = by_url.get(url)
             if state is None:
                 if now is None:
                     now = self._clock.now()
@@ -363,6 +367,7 @@ class Balancer:
         for state, pools in memberships.items():
             state.pools = tuple(pools)
         self._marked = [s for s in self._marked if s.pools]
+        self._marked_counts = {}
 
     def _group(
         self,
@@ -553,15 +558,30 @@ class Balancer:
         return available * 100.0 >= self._zone_pct * pool.size
 
     def _ejected_in(self, pool: _Pool) -> int:
+        """How many of ``pool``'s healthy members are ejected. The count is kept until something it depends
+        on changes (an ejection, a return, a health change) or the first of its ejections ends, so a pick
+        pays for the walk over the ejected endpoints only then, not every time."""
+        outlier = self.outlier
+        cached = self._marked_counts.get(pool)
+        if (
+            cached is not None
+            and cached[0] == (len(self._marked), outlier.ejected_now, pool.healthy)
+            and self._clock.now() < cached[2]
+        ):
+            return cached[1]
         marked = self._marked
-        is_ejected = self.outlier.is_ejected
+        is_ejected = outlier.is_ejected
         count = 0
+        first_return = _INF
         for i in range(len(marked) - 1, -1, -1):
             state = marked[i]
-            if not is_ejected(state.endpoint.url):
+            url = state.endpoint.url
+            if not is_ejected(url):
                 del marked[i]
             elif pool in state.pools and state._healthy:
                 count += 1
+                first_return = min(first_return, outlier.ejected_until(url))
+        self._marked_counts[pool] = ((len(marked), outlier.ejected_now, pool.healthy), count, first_return)
         return count
 
     # ------------------------------------------------------------------------------------- accounting

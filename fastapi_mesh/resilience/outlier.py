@@ -163,6 +163,16 @@ class OutlierDetector:
         self._return(url, record, record.ejected_until)
         return False
 
+    @property
+    def ejected_now(self) -> int:
+        """How many endpoints are marked ejected (without ending those whose time is up: cheap)."""
+        return len(self._ejected)
+
+    def ejected_until(self, url: str) -> float:
+        """When ``url``'s current ejection ends (``-inf`` when it is not ejected)."""
+        record = self._records.get(url)
+        return record.ejected_until if record is not None and record.ejected else float("-inf")
+
     # --------------------------------------------------------------------------------------- management
 
     def ejected_count(self) -> int:

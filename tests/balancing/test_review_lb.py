@@ -9,6 +9,7 @@ import pytest
 
 from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh.discovery import Endpoint
+from fastapi_mesh.resilience.outlier import OutlierDetector
 from tests.balancing.support import balancer, call, endpoints
 
 
@@ -64,3 +65,48 @@ def test_pick_after_an_update_never_returns_a_departed_endpoint() -> None:
     b = balancer(endpoints(3))
     b.update([s.endpoint for s in b.endpoints[:2]])
     assert {b.pick(call()).url for _ in range(20)} == {s.url for s in b.endpoints}
+
+
+def test_zone_availability_does_not_walk_the_ejected_endpoints_on_every_pick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With zone awareness and 200 of 1,000 endpoints ejected, picks reuse the zone's ejected count until
+    something changes: far fewer ejection lookups than 200 per pick."""
+    zones = ["a" if i % 2 else "b" for i in range(1000)]
+    b = balancer(endpoints(1000, zones=zones), zone="a", outlier={"consecutive_failures": 1})
+    for state in b.endpoints[:200]:
+        b.record(state, False, 0.01)
+    lookups = 0
+    real = OutlierDetector.is_ejected
+
+    def counting(self: OutlierDetector, url: str) -> bool:
+        nonlocal lookups
+        lookups += 1
+        return real(self, url)
+
+    monkeypatch.setattr(OutlierDetector, "is_ejected", counting)
+    for _ in range(100):
+        b.pick(call())
+    assert lookups < 200 + 100 * 10  # one walk, then a bounded number of checks per pick
+
+
+def test_the_zones_ejected_count_follows_returns_health_and_unejection() -> None:
+    """The kept count is redone when an ejection ends early (an active check) or health changes."""
+    zones = ["a", "a", "a", "b", "b", "b"]
+    b = balancer(endpoints(6, zones=zones), zone="a", outlier={"consecutive_failures": 1})
+    b.record(b.endpoints[0], False, 0.01)  # 2 of 3 local available: other zones open
+    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+    b.outlier.uneject(b.endpoints[0].url)
+    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a"}
+    b.record(b.endpoints[1], False, 0.01)
+    b.endpoints[1].healthy = False  # ejected and unhealthy: counted once, as unhealthy
+    b.endpoints[2].healthy = False
+    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+
+
+def test_an_answer_listing_an_endpoint_twice_is_no_change_when_repeated() -> None:
+    """A URL twice in one answer (with different weights): the last entry counts, and the same answer
+    again is no change (no rebuild, no endpoints-changed event)."""
+    answer = [Endpoint("http://10.0.0.1:80", weight=1), Endpoint("http://10.0.0.1:80", weight=5)]
+    b = balancer([Endpoint("http://10.0.0.2:80")])
+    assert b.update(answer) is True
+    assert [s.endpoint.weight for s in b.endpoints] == [5]
+    assert b.update(answer) is False
