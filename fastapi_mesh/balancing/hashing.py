@@ -13,9 +13,9 @@ about 10% of 1/n) points per endpoint, halved as the pool grows so that the ring
 ``RING_MAX_POINTS`` (5 to 8 bytes a point). The budget is shared by weight: an endpoint of weight ``w`` gets
 ``budget x w / sum(weights)`` points, at least 1 (weight 0: none). The resulting points per unit of weight
 (``scale``) are kept from one ring of a pool to the next unless the ring would pass twice
-``RING_MAX_POINTS``, or fall under a quarter of it while under 128 points per endpoint on average. So a
-join, a leave or a weight change alters the count of no other endpoint; only such a rescale moves keys
-wholesale.
+``RING_MAX_POINTS``, or fall under a quarter of it while under 32 points (a quarter of the budget) per
+endpoint on average. So a join, a leave or a weight change alters the count of no other endpoint, with
+unequal weights too; only such a rescale moves keys wholesale.
 
 **Rebuilds** are incremental (``Ring.rebuilt``): the points of every endpoint whose count did not change
 are kept; only the points that come or go are hashed and merged in, the rest copied over as slices.
@@ -67,7 +67,7 @@ def key_hash(key: str) -> int:
 def _keeps(total: int, endpoints: int) -> bool:
     """Whether a ring of ``total`` points over ``endpoints`` is within the bounds that keep its scale."""
     too_many = total > 2 * RING_MAX_POINTS and total > 4 * endpoints
-    too_few = total * 4 < RING_MAX_POINTS and total < RING_POINTS_PER_ENDPOINT * endpoints
+    too_few = total * 4 < RING_MAX_POINTS and total * 4 < RING_POINTS_PER_ENDPOINT * endpoints
     return not too_many and not too_few
 
 

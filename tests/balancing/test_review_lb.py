@@ -110,3 +110,27 @@ def test_an_answer_listing_an_endpoint_twice_is_no_change_when_repeated() -> Non
     assert b.update(answer) is True
     assert [s.endpoint.weight for s in b.endpoints] == [5]
     assert b.update(answer) is False
+
+
+@pytest.mark.parametrize(
+    ("weights", "change"),
+    [([1, 1, 1, 5], "remove the heavy one"), ([1, 1, 1, 5], "add a light one"), ([1] * 9 + [2], "remove the 2")],
+)
+def test_unequal_weights_move_no_key_between_endpoints_that_stay(weights: list[int], change: str) -> None:
+    """With unequal weights in a small pool, a join or a leave moves keys only to or from the endpoint
+    that came or went; the ring keeps its scale rather than rescaling all endpoints' points."""
+    keys = [f"user-{i}" for i in range(5_000)]
+    before_set = endpoints(len(weights), weights=weights)
+    b = balancer(before_set, strategy="ip-hash")
+    before = {k: b.pick(call(key=k)).url for k in keys}
+    if change.startswith("remove"):
+        gone = before_set[-1].url
+        b.update(before_set[:-1])
+        changed = {gone}
+    else:
+        added = endpoints(1, start=len(weights) + 1)
+        b.update([*before_set, *added])
+        changed = {added[0].url}
+    after = {k: b.pick(call(key=k)).url for k in keys}
+    between_stayers = [k for k in keys if before[k] != after[k] and not {before[k], after[k]} & changed]
+    assert between_stayers == []
