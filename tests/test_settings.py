@@ -396,15 +396,6 @@ def test_code_values_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert MeshSettings(service_name="from-code").service_name == "from-code"
 
 
-def test_env_is_not_leaking_between_tests() -> None:
-    """No MESH_* variable survives into a test: the settings are the plain defaults."""
-    assert not [k for k in os.environ if k.upper().startswith("MESH_")]
-    s = MeshSettings()
-    assert s.service_name == "app"
-    assert s.services == {}
-    assert s.discovery.endpoints == {}
-
-
 # ------------------------------------------------------------------------------------------- bad inputs
 
 BAD_INIT = [

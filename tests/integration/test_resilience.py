@@ -294,7 +294,7 @@ async def test_posts_are_never_hedged(fleet: Fleet) -> None:
     slow, fast = await fleet.start(2)
     slow.mode = "slow"
     slow.delay = 0.2
-    settings = settings_for([slow.url, fast.url], retry={"max_retries": 0, "hedge_delay": "20ms"})
+    settings = settings_for([slow.url, fast.url], retry={"max_retries": 1, "hedge_delay": "20ms"})
     async with MeshClient(settings) as client:
         response = await client.post("svc", "/orders", json={})
     assert response.json()["replica"] == slow.name

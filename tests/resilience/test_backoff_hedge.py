@@ -63,16 +63,18 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
 
 
 def test_latency_window_p95_needs_min_samples_and_slides() -> None:
-    """No p95 before MIN_SAMPLES; then the 95th percentile of the last samples."""
+    """No p95 before MIN_SAMPLES; then the 95th percentile (not the median) of the last 128 samples:
+    older ones slide out."""
     window = LatencyWindow()
-    for _ in range(MIN_SAMPLES - 1):
-        window.add(0.01)
+    for ms in range(1, MIN_SAMPLES):
+        window.add(ms / 1000)
     assert window.p95 is None
-    window.add(0.01)
-    assert window.p95 == 0.01
-    for _ in range(200):
-        window.add(1.0)
-    assert window.p95 == 1.0
+    for ms in range(MIN_SAMPLES, 113):  # 1..112 ms (p95 is recomputed every 16 samples): p95 106 ms
+        window.add(ms / 1000)
+    assert window.p95 == pytest.approx(0.106)  # the median would be 56 ms
+    for seconds in range(1, 145):  # 1..144 s: the window keeps the last 128, 17..144 s
+        window.add(float(seconds))
+    assert window.p95 == pytest.approx(137.0)  # with the milliseconds still in, it would be lower
 
 
 @pytest.mark.anyio
