@@ -25,6 +25,7 @@ from fastapi_mesh import (
     UpstreamUnavailable,
     get_mesh,
 )
+from tests.apps import serve
 
 pytestmark = pytest.mark.anyio
 
@@ -45,12 +46,6 @@ def make_mesh(**settings: Any) -> Mesh:
     return Mesh(MeshSettings(service_name="api-gateway", **settings), transport=httpx.MockTransport(upstream))
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
 
 
 def gateway(mesh: Mesh) -> FastAPI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -18,6 +18,7 @@ from fastapi_mesh.discovery import Endpoint, StaticDiscovery
 from fastapi_mesh.health.manager import HealthManager
 from fastapi_mesh.registry import MAX_UNKNOWN_SERVICES
 from fastapi_mesh.settings import HealthCheckConfig
+from tests import apps
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +32,8 @@ def make_mesh(**kwargs: Any) -> Mesh:
     return Mesh(settings, transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"ok": 1})), **kwargs)
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+def serve(app: FastAPI) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return apps.serve(app, raise_app_exceptions=False)
 
 
 async def test_readiness_waits_for_every_startup_check_to_pass_once() -> None:

@@ -6,17 +6,17 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI
 from starlette.responses import JSONResponse
 
 from fastapi_mesh import Mesh, MeshClient, MeshMiddleware, MeshSettings, NoHealthyEndpoints, get_mesh
 from fastapi_mesh.context import parse_inbound_deadline
+from tests import apps
 
 pytestmark = pytest.mark.anyio
 
@@ -35,12 +35,8 @@ def make_mesh(**settings: Any) -> Mesh:
     return Mesh(MeshSettings(service_name="api-gateway", **settings), transport=httpx.MockTransport(upstream))
 
 
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+def serve(app: FastAPI) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return apps.serve(app, raise_app_exceptions=False)
 
 
 @pytest.mark.parametrize(
