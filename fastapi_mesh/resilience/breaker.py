@@ -33,7 +33,7 @@ import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, DeadlineExceeded, NoHealthyEndpoints
+from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, NoHealthyEndpoints
 from ..events import EventBus
 from ..settings import CircuitBreakerConfig
 
@@ -484,10 +484,6 @@ class CircuitBreakerTransport(httpx.AsyncBaseTransport):
         service = ctx.service
         breaker = service.breaker
         clock = self._clock
-        deadline = ctx.deadline
-        if deadline is not None and clock.now() >= deadline:
-            # Spent before reaching the service (in a bulkhead queue, say): not the service's failure.
-            raise DeadlineExceeded(service.name, "the deadline passed before the call was sent", request=request)
         ticket = breaker.acquire()
         if ticket < 0:
             retry_after = breaker.retry_after()

@@ -124,7 +124,13 @@ class BulkheadTransport(httpx.AsyncBaseTransport):
 
     async def _limited(self, request: httpx.Request, ctx: CallContext, bulkhead: Bulkhead) -> httpx.Response:
         # A queued call waits no longer than its deadline (``retry.max_elapsed`` arms no timer of its own).
-        await bulkhead.acquire(None if ctx.deadline is None else ctx.deadline - self._clock.now())
+        deadline = ctx.deadline
+        await bulkhead.acquire(None if deadline is None else deadline - self._clock.now())
+        if deadline is not None and self._clock.now() >= deadline:
+            # Spent waiting here, before the service was reached: not the service's failure (the breaker,
+            # below, never sees this call).
+            bulkhead.release()
+            raise DeadlineExceeded(ctx.service.name, "the deadline passed before the call was sent", request=request)
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:
