@@ -29,7 +29,7 @@ from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, Re
 from .health.manager import HealthManager
 from .registry import ServiceRegistry, ServiceState
 from .resilience.breaker import CircuitBreaker
-from .resilience.fallback import MISSING, call_fallback
+from .resilience.fallback import MISSING, call_fallback, request_of
 from .settings import MeshSettings
 from .stack import build_connection_pool, build_stack
 
@@ -348,7 +348,7 @@ class MeshClient:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             if fallback is not MISSING and state.fallback_enabled:
-                return await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
+                return await call_fallback(fallback, exc, request_of(exc))
             raise
         status = response.status_code
         if status >= 500:
@@ -409,7 +409,7 @@ class MeshClient:
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             if fallback is MISSING or not state.fallback_enabled:
                 raise
-            response = await call_fallback(fallback, exc, exc.request if _has_request(exc) else None)
+            response = await call_fallback(fallback, exc, request_of(exc))
             yield response
             return
         status = response.status_code
@@ -566,13 +566,6 @@ async def _status_fallback(fallback: Any, service: str, response: httpx.Response
 def _set_elapsed(response: httpx.Response, start: float) -> None:
     response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
 
-
-def _has_request(exc: MeshError) -> bool:
-    try:
-        exc.request  # noqa: B018
-    except RuntimeError:
-        return False
-    return True
 
 
 def create_service_mesh_client(

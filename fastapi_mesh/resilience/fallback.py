@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-__all__ = ["MISSING", "RouteFallback", "call_fallback", "is_fallback_error"]
+__all__ = ["MISSING", "RouteFallback", "call_fallback", "is_fallback_error", "request_of"]
 
 #: "No fallback given" (``None`` is a valid fallback value: it answers ``null``).
 MISSING: Any = object()
@@ -48,7 +48,7 @@ async def call_fallback(fallback: Any, exc: BaseException, request: httpx.Reques
             )
             copy.extensions["mesh_fallback"] = True
             return copy
-        if request is not None and not _has_request(value):
+        if request is not None and request_of(value) is None:
             value.request = request
         return value
     body = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -69,12 +69,12 @@ def _is_read(response: httpx.Response) -> bool:
     return True
 
 
-def _has_request(response: httpx.Response) -> bool:
+def request_of(bound: httpx.Response | httpx.RequestError) -> httpx.Request | None:
+    """The request a response or an httpx error is bound to, or None (httpx raises instead)."""
     try:
-        response.request  # noqa: B018
+        return bound.request
     except RuntimeError:
-        return False
-    return True
+        return None
 
 
 class RouteFallback:
