@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"invalid mesh settings: {exc}", file=sys.stderr)
         return 1
     if args.command == "check":
-        if settings.discovery.backend == "custom":
+        if settings.discovery.backend == "custom" and settings.discovery.custom_class is None:
             # The application passes its own Discovery object; nothing here can see it, or fault it.
             print("note: discovery.backend is 'custom': the Discovery object is the application's", file=sys.stderr)
         else:

@@ -83,15 +83,58 @@ class _Runtime:
         self.rng = rng or random.Random()
         self.events = EventBus()
         self.user_transport = transport
-        self.discovery: Discovery = discovery if discovery is not None else build_discovery(settings)
-        self.registry = ServiceRegistry(settings, self.rng, self.clock, self.events, on_new=self._watch)
+        # Built from settings, a backend waits on real time (a test clock that jumps would spin its retry
+        # loop); pass a backend object to control its clock.
+        self.discovery: Discovery = discovery if discovery is not None else build_discovery(settings, rng=self.rng)
+        self.registry = ServiceRegistry(
+            settings,
+            self.rng,
+            self.clock,
+            self.events,
+            on_new=self._watch,
+            wait_for_sync=bool(getattr(self.discovery, "syncs_in_background", False)),
+        )
         self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
+        for service in settings.discovery.critical_services:
+            self._add_discovery_checks(service)
         self.http: httpx.AsyncClient | None = None
         #: The layer stack; calls go straight to it (``http`` builds their requests and serves the rare
         #: call that needs httpx's auth or redirect handling).
         self.stack: httpx.AsyncBaseTransport | None = None
         self.discovery_started = False
         self.closed = False
+
+    def _add_discovery_checks(self, service: str) -> None:
+        """A critical upstream service: start-up waits for its first sync, readiness for its endpoints."""
+        registry = self.registry
+
+        def first_sync() -> bool:
+            if not registry.get(service).synced:
+                raise RuntimeError(f"no answer from discovery for {service!r} yet")
+            return True
+
+        def has_endpoints() -> bool:
+            if not registry.get(service).balancer.endpoints:
+                raise RuntimeError(f"discovery knows no endpoints of {service!r}")
+            return True
+
+        self.health.add_check(f"discovery:{service}", first_sync, kind="startup", critical=True)
+        self.health.add_check(f"discovery:{service}", has_endpoints, kind="readiness", critical=True)
+
+    def discovery_status(self) -> dict[str, Any]:
+        """The backend and, per service, how its sync stands (``/mesh/status`` shows it under ``discovery``)."""
+        status = getattr(self.discovery, "sync_status", None)
+        services: dict[str, Any]
+        if callable(status):
+            live = self.registry.services
+            services = {name: s for name, s in status().items() if name in live}
+        else:
+            services = {
+                name: {"synced": s.synced, "endpoints": len(s.balancer.endpoints)}
+                for name, s in self.registry.known().items()
+            }
+        backend = getattr(self.discovery, "backend", None) or self.settings.discovery.backend
+        return {"backend": backend, "services": services}
 
     def _watch(self, service: str) -> None:
         if self.discovery_started:
@@ -110,7 +153,7 @@ class _Runtime:
             http.cookiejar.CookieJar(_KeepNoCookies()),
         )
         try:
-            await self.discovery.start(self.registry.publish)
+            await self.discovery.start(self.registry.feed)
             self.discovery_started = True
             for service in self.registry.services:
                 self.discovery.watch(service)
@@ -338,6 +381,8 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        if state.sync_pending and not state.balancer.endpoints:  # a service discovery has not answered for yet
+            await rt.registry.wait_for_first_sync(state, ctx.deadline)
         events = rt.events
         # Durations are for event subscribers only: no clock reads when nobody listens.
         start = rt.clock.now() if events._handlers else 0.0
@@ -398,6 +443,8 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        if state.sync_pending and not state.balancer.endpoints:
+            await rt.registry.wait_for_first_sync(state, ctx.deadline)
         ctx.stream = True
         state.requests += 1
         events = rt.events
@@ -472,7 +519,8 @@ class MeshClient:
 
     def get_metrics(self) -> dict[str, Any]:
         """A snapshot per upstream service: ``load_balancer`` (endpoints), ``circuit_breakers``, ``bulkheads``,
-        ``retry`` and ``requests`` counters."""
+        ``retry`` and ``requests`` counters, and ``discovery`` (backend, and per service: synced, stale, errors,
+        last sync)."""
         services = self._rt.registry.known()  # not every name somebody called: that is unbounded
         return {
             "service": self._rt.settings.service_name,
@@ -493,6 +541,7 @@ class MeshClient:
                 name: {"total": s.requests, "successes": s.successes, "failures": s.failures}
                 for name, s in services.items()
             },
+            "discovery": self._rt.discovery_status(),
         }
 
 

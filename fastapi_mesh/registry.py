@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from .resilience.hedge import LatencyWindow
 from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
 
-__all__ = ["ServiceRegistry", "ServiceState"]
+__all__ = ["Feed", "ServiceRegistry", "ServiceState"]
 
 logger = logging.getLogger("fastapi_mesh.discovery")
 
@@ -54,6 +55,9 @@ class ServiceState:
         "retries_exhausted",
         "retry_statuses",
         "successes",
+        "sync_pending",
+        "sync_waiter",
+        "synced",
     )
 
     def __init__(
@@ -65,6 +69,7 @@ class ServiceState:
         events: EventBus,
         default_timeout: float | None = None,
         zone: str | None = None,
+        sync_pending: bool = False,
     ) -> None:
         self.name = name
         self.policy = policy
@@ -98,7 +103,19 @@ class ServiceState:
         self.failures = 0
         self.retries = 0
         self.retries_exhausted = 0
+        #: Discovery has published a set for this service at least once.
+        self.synced = False
+        #: Its first sync is still to come: a call finding no endpoints waits for it (boundedly).
+        self.sync_pending = sync_pending
+        #: Set when the first sync (or news that it failed) comes; made by the first call that waits.
+        self.sync_waiter: asyncio.Event | None = None
 
+    def sync_settled(self) -> None:
+        """The first sync came, or the backend said it cannot come now: waiting calls go on."""
+        self.sync_pending = False
+        waiter, self.sync_waiter = self.sync_waiter, None
+        if waiter is not None:
+            waiter.set()
 
     def url(self, path: str) -> httpx.URL:
         """The call's logical URL for ``path`` (query string included), parsed once per path: parsing and
@@ -113,10 +130,37 @@ class ServiceState:
         return url
 
 
+class Feed:
+    """What a backend's ``start(publish)`` receives from the mesh: call it as ``publish(service, endpoints)``;
+    ``publish.unavailable(service, reason)`` says a service's first sync failed (see ``BackgroundDiscovery``)."""
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: ServiceRegistry) -> None:
+        self._registry = registry
+
+    def __call__(self, service: str, endpoints: Sequence[Endpoint]) -> None:
+        self._registry.publish(service, endpoints)
+
+    def unavailable(self, service: str, reason: str | None = None) -> None:
+        self._registry.unavailable(service, reason)
+
+
 class ServiceRegistry:
     """Maps service names to their ``ServiceState``; discovery publishes into it."""
 
-    __slots__ = ("_clock", "_configured", "_events", "_on_new", "_rng", "_settings", "_unknown", "services")
+    __slots__ = (
+        "_clock",
+        "_configured",
+        "_events",
+        "_on_new",
+        "_rng",
+        "_settings",
+        "_unknown",
+        "_wait_for_sync",
+        "feed",
+        "services",
+    )
 
     def __init__(
         self,
@@ -125,6 +169,7 @@ class ServiceRegistry:
         clock: Clock,
         events: EventBus,
         on_new: Callable[[str], None] | None = None,
+        wait_for_sync: bool = False,
     ) -> None:
         self._settings = settings
         self._rng = rng
@@ -134,6 +179,10 @@ class ServiceRegistry:
         self.services: dict[str, ServiceState] = {}
         self._configured = frozenset(settings.discovery.endpoints) | frozenset(settings.services)
         self._unknown: OrderedDict[str, None] = OrderedDict()
+        #: The backend syncs in the background: a new service's calls wait for its first sync.
+        self._wait_for_sync = wait_for_sync
+        #: The callback discovery backends are started with.
+        self.feed = Feed(self)
 
     def known(self) -> dict[str, ServiceState]:
         """The services worth showing: named by the settings or given endpoints by discovery."""
@@ -153,6 +202,7 @@ class ServiceRegistry:
                 self._events,
                 self._settings.circuit_breaker.timeout,
                 self._settings.zone,
+                self._wait_for_sync,
             )
             if name in self._configured:
                 state.known = True
@@ -179,8 +229,36 @@ class ServiceRegistry:
         except Exception:  # a malformed answer must not cost the last good set, nor the backend its loop
             logger.exception("discovery answer for service %r not applied; its last endpoint set stays", name)
             return
+        state.synced = True
+        if state.sync_pending:
+            state.sync_settled()
         if endpoints and not state.known:
             state.known = True
             self._unknown.pop(name, None)
         if changed and self._events.wants(ENDPOINTS_CHANGED):
             self._events.emit(ENDPOINTS_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))
+
+    def unavailable(self, name: str, reason: str | None = None) -> None:
+        """Discovery's other callback: ``name``'s first sync failed. Its set (empty) stays; calls waiting for
+        the sync go on now and fail with ``NoHealthyEndpoints`` rather than wait for a backend that is down."""
+        state = self.services.get(name)
+        if state is not None and state.sync_pending:
+            logger.debug("first sync of %r failed (%s): waiting calls go on", name, reason)
+            state.sync_settled()
+
+    async def wait_for_first_sync(self, state: ServiceState, deadline: float | None) -> None:
+        """Wait until ``state``'s first sync, at most ``discovery.initial_sync_timeout`` and never past
+        ``deadline`` (clock time). Returns either way: the call then picks, or fails, as usual."""
+        timeout = self._settings.discovery.initial_sync_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - self._clock.now())
+        if timeout <= 0 or not state.sync_pending:
+            return
+        waiter = state.sync_waiter
+        if waiter is None:
+            waiter = state.sync_waiter = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.wait()
+        except TimeoutError:
+            pass
