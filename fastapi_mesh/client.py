@@ -118,8 +118,11 @@ class _Runtime:
                 raise RuntimeError(f"discovery knows no endpoints of {service!r}")
             return True
 
-        self.health.add_check(f"discovery:{service}", first_sync, kind="startup", critical=True)
-        self.health.add_check(f"discovery:{service}", has_endpoints, kind="readiness", critical=True)
+        # An empty set has already outlasted discovery.empty_grace: readiness fails at the first check.
+        self.health.add_check(f"discovery-sync:{service}", first_sync, kind="startup", critical=True)
+        self.health.add_check(
+            f"discovery:{service}", has_endpoints, kind="readiness", critical=True, failure_threshold=1
+        )
 
     def discovery_status(self) -> dict[str, Any]:
         """The backend and, per service, how its sync stands (``/mesh/status`` shows it under ``discovery``)."""
@@ -381,13 +384,13 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
-        if state.sync_pending and not state.balancer.endpoints:  # a service discovery has not answered for yet
-            await rt.registry.wait_for_first_sync(state, ctx.deadline)
         events = rt.events
         # Durations are for event subscribers only: no clock reads when nobody listens.
         start = rt.clock.now() if events._handlers else 0.0
         state.requests += 1
         try:
+            if state.sync_pending and not state.balancer.endpoints:  # discovery has not answered for it yet
+                await rt.registry.wait_for_first_sync(state, ctx.deadline)
             response = await _dispatch(rt, http, method, url, kwargs, stream=False)
         except MeshError as exc:
             state.failures += 1
@@ -443,13 +446,13 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
-        if state.sync_pending and not state.balancer.endpoints:
-            await rt.registry.wait_for_first_sync(state, ctx.deadline)
         ctx.stream = True
         state.requests += 1
         events = rt.events
         start = rt.clock.now() if events._handlers else 0.0
         try:
+            if state.sync_pending and not state.balancer.endpoints:
+                await rt.registry.wait_for_first_sync(state, ctx.deadline)
             response = await _dispatch(rt, http, method, url, kwargs, stream=True)
         except MeshError as exc:
             state.failures += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import OrderedDict
@@ -13,6 +14,7 @@ import httpx
 from .balancing.balancer import Balancer
 from .clock import Clock
 from .discovery.base import Endpoint
+from .errors import NoHealthyEndpoints
 from .events import ENDPOINTS_CHANGED, EndpointsChanged, EventBus
 from .resilience.breaker import CircuitBreaker
 from .resilience.budget import RetryBudget
@@ -248,17 +250,19 @@ class ServiceRegistry:
 
     async def wait_for_first_sync(self, state: ServiceState, deadline: float | None) -> None:
         """Wait until ``state``'s first sync, at most ``discovery.initial_sync_timeout`` and never past
-        ``deadline`` (clock time). Returns either way: the call then picks, or fails, as usual."""
+        ``deadline`` (clock time); then the call picks as usual. Raises ``NoHealthyEndpoints`` when the wait
+        ran out with no sync."""
         timeout = self._settings.discovery.initial_sync_timeout
         if deadline is not None:
             timeout = min(timeout, deadline - self._clock.now())
-        if timeout <= 0 or not state.sync_pending:
-            return
-        waiter = state.sync_waiter
-        if waiter is None:
-            waiter = state.sync_waiter = asyncio.Event()
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter.wait()
-        except TimeoutError:
-            pass
+        if state.sync_pending and timeout > 0:
+            waiter = state.sync_waiter
+            if waiter is None:
+                waiter = state.sync_waiter = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiter.wait()
+        if state.sync_pending and not state.balancer.endpoints:
+            raise NoHealthyEndpoints(
+                state.name, f"discovery has not answered for this service yet (waited {max(timeout, 0):g}s)"
+            )

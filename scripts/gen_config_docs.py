@@ -69,8 +69,10 @@ NOTES: dict[str, str] = {
     "discovery.consul_url": "Base URL of the Consul HTTP API (backend `consul`).",
     "discovery.namespace": "Kubernetes namespace of the upstream services (backends `kubernetes-dns` and "
     "`kubernetes`).",
-    "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`).",
-    "discovery.refresh_interval": "How often a polling backend refreshes its endpoint sets.",
+    "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`): names are looked up under "
+    "`<service>.<namespace>.svc.<cluster_domain>`.",
+    "discovery.refresh_interval": "How often a polling backend (`kubernetes-dns`) looks again: at a record's "
+    "TTL, but never more often than this.",
     "load_balancer.strategy": "How one endpoint is picked among the eligible ones for each attempt.",
     "load_balancer.max_connections_per_instance": "Calls one endpoint may carry at once. A full endpoint is "
     "skipped; when every healthy endpoint is full the call fails with `BulkheadFull`.",
@@ -136,12 +138,7 @@ NOTES: dict[str, str] = {
 #: Fields that are validated but read by no code outside ``settings.py`` yet, each with the pattern that
 #: would show a use. The generator fails once a pattern turns up in the package, so the mark cannot outlive
 #: the fact.
-UNUSED: dict[str, str] = {
-    "discovery.consul_url": r"\bconsul_url\b",
-    "discovery.namespace": r"\.namespace\b",
-    "discovery.cluster_domain": r"\bcluster_domain\b",
-    "discovery.refresh_interval": r"\brefresh_interval\b",
-}
+UNUSED: dict[str, str] = {}
 UNUSED_NOTE = " *Not used by this version: the value is validated, nothing reads it yet.*"
 
 # ------------------------------------------------------------------------------------------- prose blocks
@@ -372,7 +369,10 @@ def _backend_note() -> str:
     if unavailable:
         note += f" Not available yet (start-up fails with `NotImplementedError`): {_or_list(unavailable)}."
     if "custom" in typing.get_args(mesh_settings.DiscoveryBackend):
-        note += " `custom`: pass your own `Discovery` object, `Mesh(settings, discovery=...)`."
+        note += (
+            " `custom`: pass your own `Discovery` object, `Mesh(settings, discovery=...)`, or name its class in"
+            " `custom_class`."
+        )
     return note
 
 

@@ -118,13 +118,27 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"fastapi-mesh {__version__}\n"
 
 
-def test_check_reports_an_unavailable_discovery_backend(
+def test_check_reports_a_discovery_class_that_cannot_be_imported(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`check` fails naming discovery.backend when the chosen backend cannot be built."""
-    monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "consul")
+    """`check` fails naming the setting and its variable when the configured backend cannot be built."""
+    monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "custom")
+    monkeypatch.setenv("MESH_DISCOVERY__CUSTOM_CLASS", "no_such_module_here:Finder")
     assert main(["check"]) == 1
-    assert "discovery.backend" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "discovery.custom_class" in err
+    assert "MESH_DISCOVERY__CUSTOM_CLASS" in err
+    assert "no_such_module_here" in err
+
+
+def test_check_builds_a_consul_backend_without_contacting_consul(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Building a backend opens nothing: `check` passes for consul with no agent running."""
+    monkeypatch.setenv("MESH_DISCOVERY__BACKEND", "consul")
+    monkeypatch.setenv("MESH_DISCOVERY__CONSUL_URL", "http://127.0.0.1:1")
+    assert main(["check"]) == 0
+    assert '"backend": "consul"' in capsys.readouterr().out
 
 
 def test_check_accepts_a_custom_discovery_backend(

@@ -34,6 +34,7 @@ class _Check:
         "consecutive_failures",
         "critical",
         "ever_passed",
+        "failure_threshold",
         "fn",
         "kind",
         "last_error",
@@ -42,8 +43,12 @@ class _Check:
         "passed",
     )
 
-    def __init__(self, name: str, fn: HealthCheckFn, kind: CheckKind, critical: bool) -> None:
+    def __init__(
+        self, name: str, fn: HealthCheckFn, kind: CheckKind, critical: bool, failure_threshold: int | None = None
+    ) -> None:
         self.name = name
+        #: Failures in a row that fail the probe; None: ``health_check.failure_threshold``.
+        self.failure_threshold = failure_threshold
         self.fn = fn
         self.kind = kind
         self.critical = critical
@@ -85,12 +90,21 @@ class HealthManager:
     # ------------------------------------------------------------------------------------------ checks
 
     def add_check(
-        self, name: str, check: HealthCheckFn, *, kind: CheckKind = "readiness", critical: bool = True
+        self,
+        name: str,
+        check: HealthCheckFn,
+        *,
+        kind: CheckKind = "readiness",
+        critical: bool = True,
+        failure_threshold: int | None = None,
     ) -> None:
-        """Register ``check`` (sync or async) under ``name`` for one probe ``kind``."""
+        """Register ``check`` (sync or async) under ``name`` for one probe ``kind``. ``failure_threshold``:
+        failures in a row that fail the probe (None: ``health_check.failure_threshold``)."""
         if kind not in ("liveness", "readiness", "startup"):
             raise ValueError(f"health check kind must be liveness, readiness or startup, not {kind!r}")
-        self._checks[name] = _Check(name, check, kind, critical)
+        if failure_threshold is not None and failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be at least 1, not {failure_threshold!r}")
+        self._checks[name] = _Check(name, check, kind, critical, failure_threshold)
 
     async def run(self, kind: CheckKind) -> None:
         """Run every check of ``kind`` once, each bounded by ``health_check.check_timeout``."""
@@ -189,7 +203,8 @@ class HealthManager:
         status = HEALTHY
         # failure_threshold guards against flapping; a critical check that has never passed fails at once.
         if reason is not None or any(
-            c.critical and (c.consecutive_failures >= threshold or not c.ever_passed) for c in failing
+            c.critical and (c.consecutive_failures >= (c.failure_threshold or threshold) or not c.ever_passed)
+            for c in failing
         ):
             status = UNHEALTHY
         elif failing:

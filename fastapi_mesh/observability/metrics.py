@@ -100,6 +100,32 @@ class MeshCollector(Collector):
                 ewma.add_metric([name, endpoint.url], endpoint.ewma)
         yield from (requests, retries, exhausted, endpoints, in_flight, ewma)
         yield from (breaker_state, breaker_trips, ejected, budget_refused, hedges, bulkhead_rejected)
+        yield from self._discovery()
+
+    def _discovery(self) -> Iterator[Metric]:
+        """Sync state per watched service (backends that sync in the background report it)."""
+        status = self._client._rt.discovery_status()
+        backend = str(status["backend"])
+        errors = CounterMetricFamily(
+            "mesh_discovery_errors", "Failed or malformed discovery answers", labels=["service", "backend"]
+        )
+        last_sync = GaugeMetricFamily(
+            "mesh_discovery_last_sync_timestamp_seconds",
+            "Unix time of the last good discovery answer per service",
+            labels=["service"],
+        )
+        stale = GaugeMetricFamily(
+            "mesh_discovery_stale",
+            "1 while the service's endpoint set is the last good one because discovery is failing",
+            labels=["service"],
+        )
+        for name, entry in status["services"].items():
+            if "errors" in entry:
+                errors.add_metric([name, backend], entry["errors"])
+                stale.add_metric([name], 1.0 if entry["stale"] else 0.0)
+            if entry.get("last_sync") is not None:
+                last_sync.add_metric([name], entry["last_sync"])
+        yield from (errors, last_sync, stale)
 
 
 def build_registry(client: MeshClient) -> CollectorRegistry:
