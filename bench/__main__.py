@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import balancer, instructions, overhead
+from bench import balancer, discovery, instructions, overhead
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -28,6 +28,8 @@ def main() -> None:
     picks = balancer.run(sizes=(10, 1_000), rounds=3) if quick else balancer.run()
     pick_table = balancer.report(picks)
     print(pick_table)
+    updates_table = discovery.report(discovery.run(quick=quick))
+    print(updates_table)
     if quick:
         return
     machine = (
@@ -92,6 +94,19 @@ downstream and, with `deadline=`, the `asyncio.timeout_at` timer.
 
 Targets: <= 5 µs per pick, <= 2x growth from 10 to 10,000 endpoints, <= 2 KiB of balancer state per
 endpoint.
+
+## Discovery updates
+
+{discovery.__doc__.split("Targets:")[0].strip()}
+
+{updates_table}
+
+Targets: an update of 1,000 endpoints applied in < 5 ms, touching only what changed; a call right after an
+update costs no more than a call to a stable service. The Python-calls column is the machine-independent
+part of that: a call after an update runs exactly the code a call to a stable set runs (no rebuild is left
+for the call to do; pools, rotations and rings are rebuilt inside the update). What remains in the time
+column for a changed set is the memory the update has just written (new endpoint states and pools) being
+read for the first time by the call.
 """
     )
     print(f"wrote {OUTPUT}")
