@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from example_app.dnsmasq import CLUSTER_DOMAIN, NAMESPACE, Dnsmasq, DnsmasqError
 from example_app.fleet import HOST, Fleet, ReplicaSpec, StartupError
 from example_app.gateway import ROUTES, create_gateway
 
@@ -50,6 +51,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the failure injection (default: 7)")
     parser.add_argument(
+        "--dns",
+        action="store_true",
+        help=(
+            "find the replicas with the kubernetes-dns discovery backend, through a local dnsmasq serving "
+            "their SRV records (needs dnsmasq: apt-get install dnsmasq-base)"
+        ),
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=float,
         default=15.0,
@@ -78,10 +87,29 @@ def replica_specs(flaky: float, seed: int) -> list[ReplicaSpec]:
     return specs
 
 
-def _print_banner(fleet: Fleet, port: int) -> None:
+def dns_discovery(dnsmasq: Dnsmasq) -> dict[str, object]:
+    """Discovery settings for the gateway when the replicas are found through ``dnsmasq``."""
+    return {
+        "backend": "kubernetes-dns",
+        "nameservers": [dnsmasq.nameserver],
+        "namespace": NAMESPACE,
+        "cluster_domain": CLUSTER_DOMAIN,
+        "port_name": "http",
+        "refresh_interval": 2.0,
+    }
+
+
+def _print_banner(fleet: Fleet, port: int, dnsmasq: Dnsmasq | None = None) -> None:
     """Tell the user what runs where and what to try."""
     base = f"http://{HOST}:{port}"
-    lines = ["", "Upstream replicas:"]
+    lines = [""]
+    if dnsmasq is not None:
+        lines += [
+            f"Discovery: kubernetes-dns, SRV records from dnsmasq on {dnsmasq.nameserver} -- try:",
+            f"  dig @{HOST} -p {dnsmasq.port} SRV _http._tcp.user-service.{NAMESPACE}.svc.{CLUSTER_DOMAIN}",
+            "",
+        ]
+    lines += ["Upstream replicas:"]
     for replica in fleet.replicas:
         note = f"  flaky: {replica.spec.flaky:.0%} answer 503" if replica.spec.flaky else ""
         lines.append(f"  {replica.spec.name:<16} {replica.url:<24} pid {replica.process.pid}{note}")
@@ -129,19 +157,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(getattr(signal, name), _interrupt)
     fleet = Fleet(log_level=args.replica_log_level)
     atexit.register(fleet.stop)
+    dnsmasq = Dnsmasq() if args.dns else None
+    if dnsmasq is not None:
+        atexit.register(dnsmasq.stop)
     try:
         fleet.start(replica_specs(args.flaky, args.seed))
         fleet.wait_ready(args.ready_timeout)
-        gateway = create_gateway(fleet.endpoints())
-        announce = functools.partial(_print_banner, fleet)
+        settings: dict[str, object] = {}
+        if dnsmasq is not None:
+            dnsmasq.start([(r.spec.service, r.spec.name, r.port) for r in fleet.replicas])
+            settings["discovery"] = dns_discovery(dnsmasq)
+        gateway = create_gateway(fleet.endpoints(), **settings)
+        announce = functools.partial(_print_banner, fleet, dnsmasq=dnsmasq)
         asyncio.run(serve_gateway(gateway, args.port, args.log_level, announce))
     except KeyboardInterrupt:
         pass
-    except StartupError as exc:
+    except (StartupError, DnsmasqError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         fleet.stop()
+        if dnsmasq is not None:
+            dnsmasq.stop()
     return 0
 
 

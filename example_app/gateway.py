@@ -156,16 +156,15 @@ def _add_routes(app: FastAPI, mesh: Mesh) -> None:
 def create_gateway(endpoints: dict[str, list[str]], **settings: Any) -> FastAPI:
     """Build the gateway for ``endpoints`` (service name -> base URLs).
 
-    Extra keyword arguments are ``MeshSettings`` fields; each replaces the demo's value for that field.
+    Extra keyword arguments are ``MeshSettings`` fields; each replaces the demo's value for that field
+    (``discovery={...}`` replaces static discovery of ``endpoints``, as ``--dns`` does).
     """
-    options: dict[str, Any] = {"retry": DEMO_RETRY, **settings}
-    mesh = Mesh(
-        MeshSettings(
-            service_name=SERVICE_NAME,
-            discovery={"backend": "static", "endpoints": endpoints},
-            **options,
-        )
-    )
+    options: dict[str, Any] = {
+        "retry": DEMO_RETRY,
+        "discovery": {"backend": "static", "endpoints": endpoints},
+        **settings,
+    }
+    mesh = Mesh(MeshSettings(service_name=SERVICE_NAME, **options))
     app = FastAPI(title=SERVICE_NAME, lifespan=mesh.lifespan)
     app.state.mesh = mesh
     app.include_router(mesh.router)

@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_mesh import Mesh, MeshSettings, errors, stack
+from tests.discovery.scripted import ScriptedDiscovery
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -154,8 +155,23 @@ def test_metric_table_matches_exposed_metrics() -> None:
 
     asyncio.run(one_call())
     mesh.inbound.observe("GET", "/api/users/{user_id}", 200, 0.01)  # what MeshMiddleware records
+    # A background backend adds the discovery series (static discovery has no sync to report).
+    synced = Mesh(MeshSettings(), discovery=ScriptedDiscovery())
+
+    async def one_sync() -> None:
+        backend = synced.client.discovery
+        assert isinstance(backend, ScriptedDiscovery)
+        backend.queue("users", ["http://10.0.0.1:8080"])
+        async with synced.client:
+            synced.client._rt.registry.get("users")
+            async with asyncio.timeout(5):
+                while not synced.client._rt.registry.get("users").synced:
+                    await asyncio.sleep(0.001)
+
+    asyncio.run(one_sync())
     exposed: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(mesh.registry).decode()):
+    text = generate_latest(mesh.registry).decode() + generate_latest(synced.registry).decode()
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not sample.name.startswith("mesh_") or sample.name.endswith("_created"):
                 continue
