@@ -26,12 +26,13 @@ from .context import EXTENSION, CallContext, InboundContext, _inbound, _route_de
 from .discovery import Discovery, build_discovery
 from .errors import MeshError
 from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
+from .health.active import ActiveHealthChecker
 from .health.manager import HealthManager
 from .registry import ServiceRegistry, ServiceState
 from .resilience.breaker import CircuitBreaker
 from .resilience.fallback import MISSING, call_fallback, request_of
 from .settings import MeshSettings
-from .stack import build_connection_pool, build_stack
+from .stack import build_connection_pool, build_ssl_context, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
@@ -108,12 +109,13 @@ class _Runtime:
         """A critical upstream service: start-up waits for its first sync, readiness for its endpoints."""
         registry = self.registry
 
-        def first_sync() -> bool:
+        # Async, so they run on the event loop (sync checks run in a worker thread) at no cost.
+        async def first_sync() -> bool:
             if not registry.get(service).synced:
                 raise RuntimeError(f"no answer from discovery for {service!r} yet")
             return True
 
-        def has_endpoints() -> bool:
+        async def has_endpoints() -> bool:
             if not registry.get(service).balancer.endpoints:
                 raise RuntimeError(f"discovery knows no endpoints of {service!r}")
             return True
@@ -142,6 +144,24 @@ class _Runtime:
     def _watch(self, service: str) -> None:
         if self.discovery_started:
             self.discovery.watch(service)
+        self._start_active_check(service)
+
+    def _start_active_check(self, service: str) -> None:
+        """While running: start the active health checks of ``service`` if its policy enables them."""
+        state = self.registry.services.get(service)
+        if state is None or self.http is None or not state.policy.active_health_check.enabled:
+            return
+        if state.active_check is None:
+            state.active_check = ActiveHealthChecker(
+                service,
+                state.policy.active_health_check,
+                state.balancer,
+                clock=self.clock,
+                rng=random.Random(self.rng.getrandbits(64)),
+                transport=self.user_transport,  # probes go where calls go
+                verify=build_ssl_context(self.settings) if self.user_transport is None else True,
+            )
+        state.active_check.start()
 
     async def start(self) -> httpx.AsyncClient:
         """Start (again, after ``stop``): connection pool, discovery, health checks."""
@@ -160,6 +180,8 @@ class _Runtime:
             self.discovery_started = True
             for service in self.registry.services:
                 self.discovery.watch(service)
+            for service in list(self.registry.services):
+                self._start_active_check(service)
             await self.health.start()
         except BaseException:
             # Half-started is not started: undo, so that the next start (on a new loop, say) starts afresh.
@@ -234,6 +256,9 @@ class _Runtime:
         self.closed = True
         client, self.http = self.http, None
         self.stack = None
+        for state in list(self.registry.services.values()):
+            if state.active_check is not None:
+                await state.active_check.stop()
         await self.health.stop()
         if self.discovery_started:
             self.discovery_started = False
@@ -522,8 +547,8 @@ class MeshClient:
 
     def get_metrics(self) -> dict[str, Any]:
         """A snapshot per upstream service: ``load_balancer`` (endpoints), ``circuit_breakers``, ``bulkheads``,
-        ``retry`` and ``requests`` counters, and ``discovery`` (backend, and per service: synced, stale, errors,
-        last sync)."""
+        ``retry`` and ``requests`` counters, ``discovery`` (backend, and per service: synced, stale, errors,
+        last sync) and ``active_health_checks`` (per service with them on: each endpoint's last result)."""
         services = self._rt.registry.known()  # not every name somebody called: that is unbounded
         return {
             "service": self._rt.settings.service_name,
@@ -545,6 +570,9 @@ class MeshClient:
                 for name, s in services.items()
             },
             "discovery": self._rt.discovery_status(),
+            "active_health_checks": {
+                name: s.active_check.as_dict() for name, s in services.items() if s.active_check is not None
+            },
         }
 
 

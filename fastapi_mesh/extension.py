@@ -24,6 +24,7 @@ from .context import InboundContext, current_inbound
 from .discovery import Discovery
 from .events import EventHandler
 from .health.manager import CheckKind, HealthCheckFn, HealthManager
+from .health.shutdown import DrainOnSignal
 from .observability.metrics import InboundMetrics, build_registry
 from .resilience.fallback import MISSING
 from .resilience.policy import RoutePolicy
@@ -32,6 +33,7 @@ from .settings import MeshSettings
 __all__ = ["Mesh", "get_mesh"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=HealthCheckFn)
 AppT = TypeVar("AppT")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
@@ -81,12 +83,16 @@ class Mesh:
             setattr(state, STATE_KEY, self)
         await self.client.initialize()
         _RUNNING.append(self)
+        config = self.settings.health_check
+        drain = DrainOnSignal(self.health, config.drain_delay, config.shutdown_grace)
+        drain.install()  # under uvicorn: SIGTERM drains first (see fastapi_mesh.health.shutdown)
         try:
             yield
         finally:
+            drain.uninstall()
             _RUNNING.remove(self)
             self.health.drain()
-            await self.client.aclose()
+            await self.client.aclose()  # health loops, then discovery (deregistration), then connections
 
     def combine_lifespan(self, lifespan: Lifespan) -> Lifespan:
         """Run ``lifespan`` (the app's own) inside the mesh's: the mesh starts first and stops last.
@@ -113,17 +119,18 @@ class Mesh:
         def probe(body: dict[str, object]) -> JSONResponse:
             return JSONResponse(body, status_code=HealthManager.status_code(body))
 
+        # Probes answer from the checks' last results: nothing runs on the probe path.
         @router.get("/health/live", summary="Liveness probe")
-        async def live() -> JSONResponse:
-            return probe(health.liveness())
+        async def live(verbose: bool = False) -> JSONResponse:
+            return probe(health.liveness(verbose=verbose))
 
         @router.get("/health/ready", summary="Readiness probe")
-        async def ready() -> JSONResponse:
-            return probe(health.readiness())
+        async def ready(verbose: bool = False) -> JSONResponse:
+            return probe(health.readiness(verbose=verbose))
 
         @router.get("/health/startup", summary="Startup probe")
-        async def startup() -> JSONResponse:
-            return probe(health.startup())
+        async def startup(verbose: bool = False) -> JSONResponse:
+            return probe(health.startup(verbose=verbose))
 
         client = self.client
 
@@ -167,10 +174,78 @@ class Mesh:
         return self.client.on(name, handler)
 
     def add_health_check(
-        self, name: str, check: HealthCheckFn, *, kind: CheckKind = "readiness", critical: bool = True
+        self,
+        name: str,
+        check: HealthCheckFn,
+        *,
+        kind: CheckKind = "readiness",
+        critical: bool = True,
+        interval: float | None = None,
+        timeout: float | None = None,
+        failure_threshold: int | None = None,
+        success_threshold: int = 1,
     ) -> None:
-        """Register a check behind ``/health/live``, ``/health/ready`` or ``/health/startup``."""
-        self.health.add_check(name, check, kind=kind, critical=critical)
+        """Register a check behind ``/health/live``, ``/health/ready`` or ``/health/startup``; the keywords
+        are those of ``health_check``."""
+        self.health.add_check(
+            name,
+            check,
+            kind=kind,
+            critical=critical,
+            interval=interval,
+            timeout=timeout,
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
+        )
+
+    def health_check(
+        self,
+        name: str,
+        *,
+        kind: CheckKind = "readiness",
+        critical: bool = True,
+        interval: float | None = None,
+        timeout: float | None = None,
+        failure_threshold: int | None = None,
+        success_threshold: int = 1,
+    ) -> Callable[[C], C]:
+        """Register the decorated callable (sync or async; returns True/None when healthy, False or raises
+        when not) as a health check. ``None`` values take the ``health_check`` settings. Sync checks run in a
+        worker thread, each check on its own ``interval``; ``failure_threshold`` failures in a row fail it,
+        ``success_threshold`` passes in a row bring it back.
+
+        >>> mesh = Mesh(MeshSettings())
+        >>> @mesh.health_check("cache", critical=False, interval=5)
+        ... async def cache_ok() -> bool:
+        ...     return True
+        """
+
+        def register(check: C) -> C:
+            self.add_health_check(
+                name,
+                check,
+                kind=kind,
+                critical=critical,
+                interval=interval,
+                timeout=timeout,
+                failure_threshold=failure_threshold,
+                success_threshold=success_threshold,
+            )
+            return check
+
+        return register
+
+    def get_liveness(self, *, verbose: bool = False) -> dict[str, object]:
+        """What ``/health/live`` answers (seed style)."""
+        return self.health.liveness(verbose=verbose)
+
+    def get_readiness(self, *, verbose: bool = False) -> dict[str, object]:
+        """What ``/health/ready`` answers (seed style)."""
+        return self.health.readiness(verbose=verbose)
+
+    def get_startup(self, *, verbose: bool = False) -> dict[str, object]:
+        """What ``/health/startup`` answers."""
+        return self.health.startup(verbose=verbose)
 
 
 async def get_mesh(request: HTTPConnection) -> MeshClient:
