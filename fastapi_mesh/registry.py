@@ -8,6 +8,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -22,6 +23,9 @@ from .resilience.bulkhead import Bulkhead
 from .resilience.hedge import LatencyWindow
 from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
+
+if TYPE_CHECKING:
+    from .health.active import ActiveHealthChecker
 
 __all__ = ["Feed", "ServiceRegistry", "ServiceState"]
 
@@ -39,6 +43,7 @@ class ServiceState:
 
     __slots__ = (
         "_urls",
+        "active_check",
         "attempt_timeout",
         "balancer",
         "base_url",
@@ -111,6 +116,8 @@ class ServiceState:
         self.sync_pending = sync_pending
         #: Set when the first sync (or news that it failed) comes; made by the first call that waits.
         self.sync_waiter: asyncio.Event | None = None
+        #: The active health checker of its endpoints, when its policy enables one (the mesh starts it).
+        self.active_check: ActiveHealthChecker | None = None
 
     def sync_settled(self) -> None:
         """The first sync came, or the backend said it cannot come now: waiting calls go on."""
@@ -222,6 +229,8 @@ class ServiceRegistry:
             state = self.services.get(oldest)
             if state is not None and not state.known:
                 del self.services[oldest]  # a call still holding it finishes normally
+                if state.active_check is not None:
+                    state.active_check.cancel()
 
     def publish(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         """Discovery's callback: ``name`` now has exactly ``endpoints`` (announced only when that changed)."""

@@ -41,6 +41,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 __all__ = [
+    "ActiveHealthCheckConfig",
     "BulkheadConfig",
     "CircuitBreakerConfig",
     "DiscoveryConfig",
@@ -114,6 +115,7 @@ DEFAULT_CONSUL_URL = "http://127.0.0.1:8500"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 DEFAULT_PORT_NAME = "http"
+DEFAULT_DNS_TIMEOUT = 5.0
 DEFAULT_EMPTY_GRACE = 30.0
 DEFAULT_INITIAL_SYNC_TIMEOUT = 5.0
 DEFAULT_DISCOVERY_BACKOFF = 1.0
@@ -238,6 +240,9 @@ with warnings.catch_warnings():
         port: int | None = Field(default=None, ge=1, le=65535)
         #: DNS servers as ``host:port`` (``[v6addr]:port`` for IPv6); empty: those of ``/etc/resolv.conf``.
         nameservers: list[str] = Field(default_factory=list)
+        #: How long one DNS lookup may take in all, every try and nameserver (backend ``kubernetes-dns``); one
+        #: try to one nameserver gets at most 2 s of it.
+        dns_timeout: PositiveDuration = DEFAULT_DNS_TIMEOUT
         #: Path of a kubeconfig file (backend ``kubernetes``); ``null``: the in-cluster service account when
         #: running in a pod, else ``$KUBECONFIG`` or ``~/.kube/config``.
         kubeconfig: str | None = None
@@ -267,6 +272,12 @@ with warnings.catch_warnings():
                     f"consul_url must be an http:// or https:// URL with a host, e.g. {DEFAULT_CONSUL_URL}"
                 )
             return value.rstrip("/")
+
+        @field_validator("port_name", mode="before")
+        @classmethod
+        def _null_port_name(cls, value: Any) -> Any:
+            # From the environment, MESH_DISCOVERY__PORT_NAME=null arrives as the string "null".
+            return None if isinstance(value, str) and value.strip().lower() in ("null", "none") else value
 
         @field_validator("nameservers")
         @classmethod
@@ -514,6 +525,85 @@ class OutlierDetectionConfig(_Section):
         return self
 
 
+# ---------------------------------------------------------------------------------- active health checks
+
+DEFAULT_ACTIVE_CHECK_PATH = "/health/ready"
+DEFAULT_ACTIVE_CHECK_INTERVAL = 10.0
+DEFAULT_ACTIVE_CHECK_TIMEOUT = 1.0
+DEFAULT_HEALTHY_THRESHOLD = 2
+DEFAULT_UNHEALTHY_THRESHOLD = 3
+DEFAULT_ACTIVE_CHECK_JITTER = 0.1
+DEFAULT_EXPECTED_STATUSES = (200, 400)  # 200-399
+_STATUS_RANGE = re.compile(r"^\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?$")
+
+
+def _expand_statuses(value: Any) -> Any:
+    """``"200-399"`` or ``[200, "300-302"]`` -> a sorted list of status codes; anything else unchanged.
+
+    >>> _expand_statuses(["204", "200-202"])
+    [200, 201, 202, 204]
+    """
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    statuses: set[Any] = set()
+    for item in items:
+        if not isinstance(item, str):
+            statuses.add(item)
+            continue
+        match = _STATUS_RANGE.match(item)
+        low = int(match.group(1)) if match else 0
+        high = int(match.group(2) or low) if match else 0
+        if match is None or high < low:
+            raise PydanticCustomError(
+                "status_range",
+                "not a status or a range of statuses: {value} (e.g. 204 or '200-399')",
+                {"value": repr(item)},
+            )
+        statuses.update(range(low, high + 1))
+    if all(isinstance(s, int) and not isinstance(s, bool) for s in statuses):
+        return sorted(statuses)
+    return list(statuses)
+
+
+class ActiveHealthCheckConfig(_Section):
+    """Envoy-style active health checks: a periodic ``GET path`` on every endpoint of a service.
+
+    An endpoint is marked down after ``unhealthy_threshold`` failed checks in a row and back up after
+    ``healthy_threshold`` passes in a row; the balancer skips endpoints marked down (see ``panic_threshold``).
+    """
+
+    #: Probe this service's endpoints (off by default; turn it on globally or per service).
+    enabled: bool = False
+    #: The path (and query) each probe GETs, sent with the endpoint's ``Host``.
+    path: str = DEFAULT_ACTIVE_CHECK_PATH
+    #: Time between two probes of one endpoint, from the start of one to the start of the next (plus jitter).
+    interval: PositiveDuration = DEFAULT_ACTIVE_CHECK_INTERVAL
+    #: A probe with no complete answer within this time has failed.
+    timeout: PositiveDuration = DEFAULT_ACTIVE_CHECK_TIMEOUT
+    #: Passed probes in a row that bring an endpoint marked down back.
+    healthy_threshold: int = Field(default=DEFAULT_HEALTHY_THRESHOLD, ge=1, le=1000)
+    #: Failed probes in a row (connect error, timeout, unexpected status) that mark an endpoint down.
+    unhealthy_threshold: int = Field(default=DEFAULT_UNHEALTHY_THRESHOLD, ge=1, le=1000)
+    #: Each wait between probes is ``interval`` plus a random share of it up to this fraction, and an
+    #: endpoint's first probe comes at a random point within that share, so replicas are not probed in
+    #: lock step. 0: exactly every ``interval``.
+    jitter: float = Field(default=DEFAULT_ACTIVE_CHECK_JITTER, ge=0, le=1)
+    #: Response statuses that pass; anything else fails. Ranges may be written as strings: ``["200-399"]``.
+    expected_statuses: Annotated[
+        list[Annotated[int, Field(ge=100, le=599)]], BeforeValidator(_expand_statuses), Field(min_length=1)
+    ] = Field(default_factory=lambda: list(range(*DEFAULT_EXPECTED_STATUSES)))
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path {value!r} must start with '/' (e.g. {DEFAULT_ACTIVE_CHECK_PATH!r})")
+        if any(ch.isspace() or not ch.isprintable() for ch in value) or "#" in value:
+            raise ValueError(f"path {value!r}: no whitespace, control characters or fragment")
+        return value
+
+
 # --------------------------------------------------------------------------------------------- bulkhead
 
 
@@ -576,13 +666,32 @@ DEFAULT_HEALTH_FAILURE_THRESHOLD = 3
 DEFAULT_CHECK_TIMEOUT = 2.0
 
 
+DEFAULT_LOOP_LAG_THRESHOLD = 1.0
+DEFAULT_STUCK_TASK_THRESHOLD = 60.0
+DEFAULT_DRAIN_DELAY = 5.0
+DEFAULT_SHUTDOWN_GRACE = 20.0
+
+
 class HealthCheckConfig(_Section):
-    """How often registered checks run, and how many failures in a row make a probe fail."""
+    """How often registered checks run, how many results in a row change a probe, and how shutdown drains."""
 
     liveness_interval: PositiveDuration = DEFAULT_LIVENESS_INTERVAL
     readiness_interval: PositiveDuration = DEFAULT_READINESS_INTERVAL
     failure_threshold: int = Field(default=DEFAULT_HEALTH_FAILURE_THRESHOLD, ge=1)
+    #: Passes in a row that bring a failed check back (a check's own ``success_threshold`` wins).
+    success_threshold: int = Field(default=1, ge=1)
     check_timeout: PositiveDuration = DEFAULT_CHECK_TIMEOUT
+    #: Liveness fails when the event loop falls this far behind (a blocking call in async code); ``null``:
+    #: no event-loop check.
+    event_loop_lag_threshold: PositiveDuration | None = DEFAULT_LOOP_LAG_THRESHOLD
+    #: Liveness fails when a check has been running (a sync check stuck in its thread) or a health loop has
+    #: not finished a round for this long.
+    stuck_task_threshold: PositiveDuration = DEFAULT_STUCK_TASK_THRESHOLD
+    #: On SIGTERM, readiness answers 503 this long before the server stops taking connections, so that
+    #: Kubernetes endpoints and load balancers stop sending new requests first.
+    drain_delay: NonNegativeDuration = DEFAULT_DRAIN_DELAY
+    #: After the drain, requests in flight get this long to complete before they are cancelled.
+    shutdown_grace: NonNegativeDuration = DEFAULT_SHUTDOWN_GRACE
 
 
 # ------------------------------------------------------------------------------------------------- mtls
@@ -631,7 +740,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "backoff_strategy": "exponential",
             "max_elapsed": 15.0,
         },
-        "health_check": {"liveness_interval": 10.0, "readiness_interval": 5.0, "failure_threshold": 3},
+        "health_check": {
+            "liveness_interval": 10.0,
+            "readiness_interval": 5.0,
+            "failure_threshold": 3,
+            "drain_delay": 0.0,
+            "shutdown_grace": 5.0,
+        },
     },
     "staging": {
         "discovery": {"refresh_interval": 10.0},
@@ -654,7 +769,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "backoff_strategy": "exponential",
             "max_elapsed": 20.0,
         },
-        "health_check": {"liveness_interval": 5.0, "readiness_interval": 3.0, "failure_threshold": 3},
+        "health_check": {
+            "liveness_interval": 5.0,
+            "readiness_interval": 3.0,
+            "failure_threshold": 3,
+            "drain_delay": 5.0,
+            "shutdown_grace": 20.0,
+        },
     },
     "production": {
         "discovery": {"refresh_interval": 15.0},
@@ -677,7 +798,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "backoff_strategy": "fibonacci",
             "max_elapsed": 30.0,
         },
-        "health_check": {"liveness_interval": 5.0, "readiness_interval": 3.0, "failure_threshold": 5},
+        "health_check": {
+            "liveness_interval": 5.0,
+            "readiness_interval": 3.0,
+            "failure_threshold": 5,
+            "drain_delay": 10.0,
+            "shutdown_grace": 20.0,
+        },
     },
 }
 
@@ -687,6 +814,7 @@ POLICY_SECTIONS: dict[str, type[_Section]] = {
     "circuit_breaker": CircuitBreakerConfig,
     "retry": RetryConfig,
     "outlier_detection": OutlierDetectionConfig,
+    "active_health_check": ActiveHealthCheckConfig,
     "bulkhead": BulkheadConfig,
     "routing": RoutingConfig,
 }
@@ -717,6 +845,7 @@ if TYPE_CHECKING:
         circuit_breaker: BaseModel | None
         retry: BaseModel | None
         outlier_detection: BaseModel | None
+        active_health_check: BaseModel | None
         bulkhead: BaseModel | None
         routing: BaseModel | None
 
@@ -737,6 +866,7 @@ class ServicePolicy(_Section):
     circuit_breaker: CircuitBreakerConfig
     retry: RetryConfig
     outlier_detection: OutlierDetectionConfig
+    active_health_check: ActiveHealthCheckConfig
     bulkhead: BulkheadConfig
     routing: RoutingConfig
 
@@ -774,6 +904,7 @@ class MeshSettings(BaseSettings):
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     outlier_detection: OutlierDetectionConfig = Field(default_factory=OutlierDetectionConfig)
+    active_health_check: ActiveHealthCheckConfig = Field(default_factory=ActiveHealthCheckConfig)
     bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)

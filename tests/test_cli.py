@@ -9,7 +9,16 @@ from fastapi_mesh import __version__
 from fastapi_mesh.cli import main
 from fastapi_mesh.settings import MeshSettings
 
-POLICY_KEYS = {"service", "load_balancer", "circuit_breaker", "retry", "outlier_detection", "bulkhead", "routing"}
+POLICY_KEYS = {
+    "service",
+    "load_balancer",
+    "circuit_breaker",
+    "retry",
+    "outlier_detection",
+    "bulkhead",
+    "routing",
+    "active_health_check",
+}
 
 
 @pytest.fixture(autouse=True)

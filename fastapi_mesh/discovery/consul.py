@@ -28,7 +28,7 @@ import httpx
 from ..clock import Clock
 from ..settings import DiscoveryConfig, MtlsConfig
 from .base import Endpoint
-from .sync import Answer, BackgroundDiscovery, MalformedAnswer, _short
+from .sync import Answer, BackgroundDiscovery, MalformedAnswer, short_error
 
 __all__ = ["ConsulDiscovery", "ConsulError", "consul_ssl_context", "go_duration"]
 
@@ -210,7 +210,10 @@ class ConsulDiscovery(BackgroundDiscovery):
         for entry in entries:
             node, svc, checks = _shape(entry)
             tags = svc.get("Tags") or []
-            if not isinstance(tags, list) or any(tag not in tags for tag in wanted):
+            if not isinstance(tags, list):
+                skipped.append(f"{svc.get('ID') or '?'} (Tags is not a list)")
+                continue
+            if any(tag not in tags for tag in wanted):
                 continue  # also checked here: every tag must match, whatever the server made of ``tag=``
             if any(isinstance(check, Mapping) and check.get("Status") != "passing" for check in checks):
                 continue
@@ -333,7 +336,7 @@ class ConsulDiscovery(BackgroundDiscovery):
                 "discovery (consul): registering %r as %r failed: %s; retrying in the background",
                 self.service_name,
                 self.service_id,
-                _short(exc),
+                short_error(exc),
             )
             self._register_task = asyncio.create_task(self._register_until_done(), name="mesh-consul-register")
         else:
@@ -366,7 +369,7 @@ class ConsulDiscovery(BackgroundDiscovery):
                 "discovery (consul): deregistering %r failed: %s; Consul removes it once its check has been "
                 "critical for %gs",
                 service_id,
-                _short(exc),
+                short_error(exc),
                 self.config.deregister_critical_after,
             )
             return

@@ -53,6 +53,8 @@ LIST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 #: How long past its own timeout a watch may stay silent before the connection counts as lost.
 WATCH_READ_SLACK = 30.0
+#: A watch that ends sooner than this without a single event is not resumed at once, but after a backoff.
+SHORT_WATCH = 1.0
 #: Kubernetes Service names are DNS labels; anything else is not asked for (it would go into a label selector).
 _SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
@@ -203,7 +205,7 @@ class KubernetesDiscovery(BackgroundDiscovery):
                 while True:
                     if await self._watch(service, slices):
                         attempt = gone_in_a_row = 0
-                    else:  # the watch ended at once and said nothing: do not spin on a server that does that
+                    else:  # it ended at once and said nothing: do not spin on a server that does that
                         await self.clock.sleep(self.backoff(attempt))
                         attempt += 1
             except asyncio.CancelledError:
@@ -262,12 +264,13 @@ class KubernetesDiscovery(BackgroundDiscovery):
                 if name in previous:
                     slices.endpoints[name] = previous[name]
         slices.version = version if isinstance(version, str) and version else None
+        slices.skipped = {name: why for name, why in slices.skipped.items() if name in slices.endpoints}
         self.succeeded(service, slices.merged())
         if problem is not None:
             self.failed(service, problem)
 
     async def _watch(self, service: str, slices: _Slices) -> bool:
-        """One watch, until the server ends it. True when it brought at least one event."""
+        """One watch, until the server ends it. False when it ended at once without a single event."""
         timeout = WATCH_TIMEOUT * (1.0 + self.rng.random())
         response = await self._api.list_namespaced_endpoint_slice(
             self.config.namespace,
@@ -280,6 +283,7 @@ class KubernetesDiscovery(BackgroundDiscovery):
             _request_timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=timeout + WATCH_READ_SLACK),
         )
         events = 0
+        started = self.clock.now()
         try:
             if response.status != 200:
                 _check_status(response.status, response.reason, await response.read())
@@ -289,7 +293,7 @@ class KubernetesDiscovery(BackgroundDiscovery):
                     events += 1
         finally:
             response.close()
-        return events > 0
+        return events > 0 or self.clock.now() - started >= SHORT_WATCH
 
     def _apply(self, service: str, slices: _Slices, line: bytes) -> None:
         """One watch event: update the slice it names and publish the merged set."""
@@ -336,7 +340,9 @@ class KubernetesDiscovery(BackgroundDiscovery):
 
     # ----------------------------------------------------------------------------------- conversion
 
-    def _slice_endpoints(self, service: str, name: str, obj: Mapping[str, Any], slices: _Slices) -> tuple[Endpoint, ...]:
+    def _slice_endpoints(
+        self, service: str, name: str, obj: Mapping[str, Any], slices: _Slices
+    ) -> tuple[Endpoint, ...]:
         """The routable endpoints of one slice. Raises ``MalformedAnswer`` for a slice that breaks the schema;
         a well-formed slice with nothing usable (no matching port, say) gives none and is logged once."""
         endpoints, skipped = _convert(name, obj, self.config.port_name)
@@ -423,7 +429,7 @@ def _pick_port(where: str, ports: Any, port_name: str | None) -> tuple[dict[str,
             return ports[0], None
         return None, f"it has {len(ports)} ports and discovery.port_name is not set to choose one"
     for port in ports:
-        if port.get("name") == port_name:
+        if (port.get("name") or "") == port_name:  # an unnamed port (a Service's only port) is named ""
             return port, None
     names = ", ".join(repr(p.get("name") or "") for p in ports) or "none"
     return None, f"no port named {port_name!r} (its ports: {names})"

@@ -43,7 +43,6 @@ __all__ = ["KubernetesDNSDiscovery"]
 #: Seconds one query to one nameserver may take before the next try.
 DEFAULT_QUERY_TIMEOUT = 2.0
 #: Seconds one lookup (every try, every nameserver) may take in all; then it fails (the set goes stale).
-DEFAULT_LOOKUP_LIFETIME = 5.0
 #: A TTL longer than this is not waited out in full (unless ``refresh_interval`` is longer still): a record
 #: published with a TTL of a day must not hide a day of endpoint changes.
 MAX_TTL_WAIT = 300.0
@@ -59,15 +58,15 @@ class KubernetesDNSDiscovery(BackgroundDiscovery):
     """Endpoints from Kubernetes DNS (CoreDNS, kube-dns, or any server publishing the same records).
 
     With ``port_name`` set, each SRV record of the lowest priority value present (RFC 2782) gives an endpoint
-    ``http://<target address>:<port>`` of weight ``min(SRV weight, 10000)`` (all weights 0: equal shares) and
+    ``http://<target address>:<port>`` of weight ``min(SRV weight, 10000)`` (all weights 0: weight 1 each) and
     metadata ``{"target": <target host>}``; a port name ``https`` or ``https-...`` gives ``https`` endpoints.
     Target addresses come from the answer's additional section, else from A (then AAAA) lookups of the
     target; a target that does not resolve is left out. With ``port_name`` null, each A record of the
     service (or each AAAA record, when there are none) gives ``http://<addr>:<port>``: IPv4 is preferred, so a
     dual-stack pod counts once.
 
-    The next lookup comes after the smallest TTL of the records used, but never sooner than
-    ``refresh_interval`` (nor, for a TTL beyond ``MAX_TTL_WAIT``, later than that or ``refresh_interval``).
+    The next lookup comes after the smallest TTL of the records used (at most ``MAX_TTL_WAIT``, 300 s), but
+    never sooner than ``refresh_interval``.
     NXDOMAIN or no records is an empty set (held for ``empty_grace``); a timeout, SERVFAIL or REFUSED keeps the
     last good set (stale) and is retried with backoff; a record that cannot be an endpoint (port 0) rejects the
     whole answer as malformed.
@@ -95,10 +94,10 @@ class KubernetesDNSDiscovery(BackgroundDiscovery):
         super().__init__(config, clock=clock, rng=rng, wall=wall)
         #: ``(host, port)`` of each nameserver from ``discovery.nameservers``; empty: ``/etc/resolv.conf``'s.
         self.nameservers = [split_nameserver(item) for item in config.nameservers]
+        #: Seconds one lookup may take in all (every try, every nameserver): ``discovery.dns_timeout``.
+        self.lookup_lifetime = config.dns_timeout
         #: Seconds one query to one nameserver may take.
-        self.query_timeout = DEFAULT_QUERY_TIMEOUT
-        #: Seconds one lookup may take in all (every try, every nameserver).
-        self.lookup_lifetime = DEFAULT_LOOKUP_LIFETIME
+        self.query_timeout = min(DEFAULT_QUERY_TIMEOUT, config.dns_timeout)
         self._given_resolver = resolver
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._names: dict[str, str] = {}
@@ -226,7 +225,9 @@ class KubernetesDNSDiscovery(BackgroundDiscovery):
         records = [rdata for rdata in records if rdata.priority == lowest]
         for rdata in records:
             if rdata.port == 0:
-                raise MalformedAnswer(f"SRV record {name} -> {rdata.target}: port 0")
+                target = rdata.target.to_text(omit_final_dot=True)
+                raise MalformedAnswer(f"SRV record {name.rstrip('.')} -> {target}: port 0")
+        weighted = any(rdata.weight > 0 for rdata in records)  # all 0: equal shares (RFC 2782)
         ttls = [rrset.ttl]
         targets = {rdata.target for rdata in records}
         addresses = _additional_addresses(answer.response, targets)
@@ -241,7 +242,7 @@ class KubernetesDNSDiscovery(BackgroundDiscovery):
                 continue  # a pod that is gone: its record outlived it
             ttls.append(found.ttl)
             host = rdata.target.to_text(omit_final_dot=True)
-            weight = min(int(rdata.weight), MAX_WEIGHT)
+            weight = min(int(rdata.weight), MAX_WEIGHT) if weighted else 1
             endpoints.extend(
                 self._endpoint(str(address.address), int(rdata.port), weight, name, {"target": host})
                 for address in found

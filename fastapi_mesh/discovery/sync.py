@@ -27,7 +27,7 @@ from ..clock import Clock, MonotonicClock
 from ..settings import DiscoveryConfig
 from .base import Endpoint, Publish
 
-__all__ = ["Answer", "BackgroundDiscovery", "MalformedAnswer", "SyncStatus"]
+__all__ = ["Answer", "BackgroundDiscovery", "MalformedAnswer", "SyncStatus", "short_error"]
 
 logger = logging.getLogger("fastapi_mesh.discovery")
 
@@ -244,7 +244,7 @@ class BackgroundDiscovery:
         """The query failed or its answer was malformed: keep the last good set, mark it stale."""
         status = self._status_of(service)
         status.errors += 1
-        status.last_error = _short(error)
+        status.last_error = short_error(error)
         if not status.stale:
             status.stale = True
             kept = len(self._published.get(service, ()))
@@ -323,6 +323,7 @@ class BackgroundDiscovery:
             hook(service, reason)
 
 
-def _short(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
+    """``"ConnectError: ..."``: an error's type and message, cut to a length fit for a status body or a log line."""
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"

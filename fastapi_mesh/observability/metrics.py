@@ -78,6 +78,11 @@ class MeshCollector(Collector):
         bulkhead_rejected = CounterMetricFamily(
             "mesh_bulkhead_rejected", "Calls refused by the service bulkhead", labels=["service"]
         )
+        check_failures = CounterMetricFamily(
+            "mesh_active_health_check_failures",
+            "Failed active health checks of the service's endpoints",
+            labels=["service"],
+        )
         for name, state in services.items():
             current = state.breaker.state
             for breaker_state_name in BREAKER_STATES:
@@ -88,6 +93,8 @@ class MeshCollector(Collector):
             hedges.add_metric([name], state.hedges)
             if state.bulkhead is not None:
                 bulkhead_rejected.add_metric([name], state.bulkhead.rejected)
+            checker = state.active_check
+            check_failures.add_metric([name], checker.failed_checks if checker is not None else 0)
             requests.add_metric([name, "success"], state.successes)
             requests.add_metric([name, "failure"], state.failures)
             retries.add_metric([name], state.retries)
@@ -99,7 +106,7 @@ class MeshCollector(Collector):
                 in_flight.add_metric([name, endpoint.url], endpoint.in_flight)
                 ewma.add_metric([name, endpoint.url], endpoint.ewma)
         yield from (requests, retries, exhausted, endpoints, in_flight, ewma)
-        yield from (breaker_state, breaker_trips, ejected, budget_refused, hedges, bulkhead_rejected)
+        yield from (breaker_state, breaker_trips, ejected, budget_refused, hedges, bulkhead_rejected, check_failures)
         yield from self._discovery()
 
     def _discovery(self) -> Iterator[Metric]:
