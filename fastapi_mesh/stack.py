@@ -28,7 +28,7 @@ from .resilience.breaker import CircuitBreakerTransport
 from .resilience.bulkhead import BulkheadTransport
 from .resilience.deadline import DeadlineTransport
 from .resilience.retry import RetryTransport
-from .settings import MeshSettings
+from .settings import MeshSettings, MtlsConfig
 
 __all__ = ["build_connection_pool", "build_stack"]
 
@@ -42,17 +42,26 @@ def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
     mtls = settings.mtls
     if not mtls.enabled:
         return True
+    return client_tls_context(mtls, cafile=mtls.ca_path)
+
+
+def client_tls_context(
+    mtls: MtlsConfig, *, cafile: str | None, ca_setting: str = "mtls.ca_path", peer: str = "upstreams"
+) -> ssl.SSLContext:
+    """A client context that verifies servers against ``cafile`` (None: the system store) and presents the
+    mTLS client certificate when mTLS is on. A file that cannot be loaded fails naming ``ca_setting``."""
     try:
-        context = ssl.create_default_context(cafile=mtls.ca_path)
+        context = ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"mtls.ca_path: cannot load the CA bundle {mtls.ca_path!r}: {exc}") from exc
-    assert mtls.cert_path is not None
-    try:
-        context.load_cert_chain(mtls.cert_path, mtls.key_path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(
-            f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
-        ) from exc
+        raise ValueError(f"{ca_setting}: cannot load the CA bundle {cafile!r} for {peer}: {exc}") from exc
+    if mtls.enabled:
+        assert mtls.cert_path is not None
+        try:
+            context.load_cert_chain(mtls.cert_path, mtls.key_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
+            ) from exc
     return context
 
 

@@ -27,6 +27,7 @@ import httpx
 
 from ..clock import Clock
 from ..settings import DiscoveryConfig, MtlsConfig
+from ..stack import client_tls_context
 from .base import Endpoint
 from .sync import Answer, BackgroundDiscovery, MalformedAnswer, short_error
 
@@ -90,19 +91,7 @@ def consul_ssl_context(config: DiscoveryConfig, mtls: MtlsConfig) -> ssl.SSLCont
     """
     cafile = config.consul_ca_path or (mtls.ca_path if mtls.enabled else None)
     field = "discovery.consul_ca_path" if config.consul_ca_path else "mtls.ca_path"
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"{field}: cannot load the CA bundle {cafile!r} for Consul: {exc}") from exc
-    if mtls.enabled:
-        assert mtls.cert_path is not None
-        try:
-            context.load_cert_chain(mtls.cert_path, mtls.key_path)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
-            ) from exc
-    return context
+    return client_tls_context(mtls, cafile=cafile, ca_setting=field, peer="Consul")
 
 
 class ConsulDiscovery(BackgroundDiscovery):
