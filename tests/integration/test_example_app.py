@@ -168,3 +168,34 @@ async def test_route_without_fallback_answers_503_when_no_replica_answers() -> N
         response = await gateway.get("/api/users/1")
     assert response.status_code == 503
     assert "retry-after" in response.headers
+
+
+async def test_the_demo_finds_its_upstreams_through_kubernetes_dns(upstreams: dict[str, list[str]]) -> None:
+    """`make demo ARGS=--dns`: a real dnsmasq serves the replicas' SRV records, the gateway routes on them."""
+    from example_app.__main__ import dns_discovery
+    from example_app.dnsmasq import Dnsmasq
+
+    records = [
+        (service, f"{service}-{n}", int(url.rsplit(":", 1)[1]))
+        for service, urls in upstreams.items()
+        for n, url in enumerate(urls, start=1)
+    ]
+    dnsmasq = Dnsmasq()
+    dnsmasq.start(records)  # fails, naming the package, when dnsmasq is not installed (make test installs it)
+    try:
+        app = create_gateway({}, retry=FAST_RETRY, discovery=dns_discovery(dnsmasq))
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://gateway") as client,
+        ):
+            replicas = set()
+            for _ in range(6):
+                response = await client.get("/api/users")
+                assert response.status_code == 200
+                replicas.add(response.json()["replica"])
+            assert replicas == {"user-service-1", "user-service-2"}
+            status = (await client.get("/mesh/status")).json()["discovery"]
+            assert status["backend"] == "kubernetes-dns"
+            assert status["services"]["user-service"]["endpoints"] == 2
+    finally:
+        dnsmasq.stop()
