@@ -2,7 +2,7 @@
 
 >>> bus = EventBus()
 >>> seen = []
->>> bus.on("request-success", seen.append)
+>>> off = bus.on("request-success", seen.append)
 >>> bus.wants("request-success"), bus.wants("request-failure")
 (True, False)
 
