@@ -116,9 +116,9 @@ read for the first time by the call.
 
 {probe_table}
 
-Target: a probe with a 1 s check registered answers as fast as one without. The async check costs a probe
-nothing (it only reads the check's last result); with a sync check, its worker thread (sleeping, here)
-takes a share of the interpreter now and then, which is the small difference in that row.
+Target: a probe with a 1 s check registered answers as fast as one without. A probe only reads the checks'
+last results, whatever they cost; with a sync check, its worker thread (sleeping, here) can take a share of
+the interpreter now and then, a few percent at most in these runs.
 """
     )
     print(f"wrote {OUTPUT}")
