@@ -11,7 +11,7 @@ declare -A NEEDED=(
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEEDED[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
