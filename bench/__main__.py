@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import balancer, discovery, instructions, overhead, probes
+from bench import balancer, discovery, e2e, instructions, overhead, probes
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -32,6 +32,16 @@ def main() -> None:
     print(updates_table)
     probe_table = probes.report(asyncio.run(probes.run(rounds=3, probes=100) if quick else probes.run()))
     print(probe_table)
+    e2e_results = e2e.run(
+        rounds=e2e.QUICK_ROUNDS if quick else e2e.ROUNDS,
+        seconds=e2e.QUICK_SECONDS if quick else e2e.SECONDS,
+        leak_calls=e2e.QUICK_LEAK_CALLS if quick else e2e.LEAK_CALLS,
+        leak_restarts=e2e.QUICK_LEAK_RESTARTS if quick else e2e.LEAK_RESTARTS,
+    )
+    e2e_table = e2e.report(e2e_results)
+    e2e_targets = e2e.targets(e2e_results, e2e.DEFAULT_CONNECTION_BACKEND)
+    print(e2e_table)
+    print(e2e_targets)
     if quick:
         return
     machine = (
@@ -119,6 +129,29 @@ read for the first time by the call.
 Target: a probe with a 1 s check registered answers as fast as one without. A probe only reads the checks'
 last results, whatever they cost; with a sync check, its worker thread (sleeping, here) can take a share of
 the interpreter now and then, a few percent at most in these runs.
+
+## End to end on real sockets
+
+{e2e.__doc__.split("Targets:")[0].strip()}
+
+Client side: {e2e.machine()}. {e2e_results.rounds} interleaved rounds of {e2e_results.seconds:g} s per
+variant and concurrency; the leak check makes {e2e.LEAK_CALLS:,} calls per backend with {e2e.LEAK_RESTARTS}
+replica restarts. `python -m bench.e2e` runs this part alone (`--quick`: one short round).
+
+{e2e_table}
+
+Targets for the default backend (`connection.backend: {e2e.DEFAULT_CONNECTION_BACKEND}`), read from the
+tables above:
+
+{e2e_targets}
+
+What the rows show: the mesh's own layers cost a few tens of µs per call (the mock-transport tables above);
+on real sockets most of the rest is the connection layer. httpcore's pool, for every request it assigns and
+every response it finishes, walks its connections, checks each idle one against all the others and polls
+its socket, so its cost grows faster than the connections it holds: one pool for the whole fleet holds the
+fleet's connections, one pool per endpoint only that endpoint's. aiohttp's connector takes an idle
+connection of the origin in constant time and parses responses in C. See the architecture's
+[connection layer](architecture.md#connection-layer) for how to choose.
 """
     )
     print(f"wrote {OUTPUT}")

@@ -25,6 +25,7 @@ from .errors import (
     DeadlineExceeded,
     MeshError,
     NoHealthyEndpoints,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from .events import EndpointsChanged, EventBus, RequestEvent, RetryEvent
@@ -58,6 +59,7 @@ __all__ = [
     "RetryEvent",
     "ServicePolicy",
     "StaticDiscovery",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
     "__version__",
     "create_service_mesh_client",

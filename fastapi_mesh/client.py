@@ -13,7 +13,7 @@ import http.cookiejar
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -41,7 +41,29 @@ logger = logging.getLogger("httpx")
 
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: httpx's default ``max_redirects``: a call following redirects raises ``httpx.TooManyRedirects`` past it.
+MAX_REDIRECTS = 20
 _Cookies = httpx.Cookies | http.cookiejar.CookieJar | dict[str, str] | list[tuple[str, str]] | None
+#: What httpx accepts as ``headers=``, ``params=`` and ``auth=``.
+HeaderTypes = (
+    httpx.Headers
+    | Mapping[str, str]
+    | Mapping[bytes, bytes]
+    | Sequence[tuple[str, str]]
+    | Sequence[tuple[bytes, bytes]]
+)
+_Primitive = str | int | float | bool | None
+QueryParamTypes = (
+    httpx.QueryParams
+    | Mapping[str, _Primitive | Sequence[_Primitive]]
+    | list[tuple[str, _Primitive]]
+    | tuple[tuple[str, _Primitive], ...]
+    | str
+    | bytes
+)
+AuthTypes = httpx.Auth | tuple[str | bytes, str | bytes] | Callable[[httpx.Request], httpx.Request]
+#: An event hook, as for ``httpx.AsyncClient``: an async callable taking the request or the response.
+EventHook = Callable[[Any], Awaitable[object]]
 
 
 class _KeepNoCookies(http.cookiejar.CookiePolicy):
@@ -78,8 +100,18 @@ class _Runtime:
         clock: Clock | None,
         rng: random.Random | None,
         discovery: Discovery | None,
+        headers: HeaderTypes | None = None,
+        params: QueryParamTypes | None = None,
+        auth: AuthTypes | None = None,
+        event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
     ) -> None:
         self.settings = settings
+        #: Client-level defaults, merged into each call's as httpx merges them (checked here, as httpx does).
+        self.headers = httpx.Headers(headers) if headers is not None else None
+        self.params = httpx.QueryParams(params) if params is not None else None
+        self.auth = _as_auth(auth)
+        #: ``(request hooks, response hooks)``, or None when there are none (the fast path checks only that).
+        self.hooks = _event_hooks(event_hooks)
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.events = EventBus()
@@ -99,8 +131,8 @@ class _Runtime:
         for service in settings.discovery.critical_services:
             self._add_discovery_checks(service)
         self.http: httpx.AsyncClient | None = None
-        #: The layer stack; calls go straight to it (``http`` builds their requests and serves the rare
-        #: call that needs httpx's auth or redirect handling).
+        #: The layer stack; calls go straight to it (``http`` builds their requests and redirect requests;
+        #: nothing is sent through it: auth flows and redirects are driven in this module).
         self.stack: httpx.AsyncBaseTransport | None = None
         self.discovery_started = False
         self.closed = False
@@ -193,13 +225,16 @@ class _Runtime:
     def client_over(self, transport: httpx.AsyncBaseTransport, cookies: _Cookies) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient`` over ``transport`` with the mesh's client settings: no proxies from the
         environment, no redirects unless a call asks, ``circuit_breaker.timeout`` per attempt (services with
-        their own pass theirs per call)."""
+        their own pass theirs per call), the client-level ``headers`` and ``params``, which its
+        ``build_request`` merges into each call's."""
         return httpx.AsyncClient(
             transport=transport,
             trust_env=False,
             follow_redirects=False,
             cookies=cookies,
             timeout=self.settings.circuit_breaker.timeout,
+            headers=self.headers,
+            params=self.params,
         )
 
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
@@ -228,7 +263,7 @@ class _Runtime:
             _set_elapsed(response, start)
         if response.status_code in _REDIRECTS and "location" in response.headers and self.http is not None:
             try:
-                response.next_request = self.http._build_redirect_request(request, response)
+                response.next_request = _redirect_request(self.http, request, response)
             except BaseException:  # a Location httpx cannot use: as httpx, raise; first free what is held
                 await response.aclose()
                 raise
@@ -283,9 +318,25 @@ class _Borrowed(httpx.AsyncBaseTransport):
 class MeshClient:
     """A resilient httpx client that addresses upstreams by service name.
 
-    ``MeshClient(settings=None, *, transport=None, clock=None, rng=None, discovery=None)``: ``transport``
-    replaces the innermost connection layer (e.g. ``httpx.MockTransport``); ``clock`` and ``rng`` make
-    timing and randomness exact in tests; ``discovery`` replaces the backend the settings name.
+    ``MeshClient(settings=None, *, transport=None, clock=None, rng=None, discovery=None, headers=None,
+    params=None, auth=None, event_hooks=None)``: ``transport`` replaces the innermost connection layer (e.g.
+    ``httpx.MockTransport``); ``clock`` and ``rng`` make timing and randomness exact in tests; ``discovery``
+    replaces the backend the settings name.
+
+    ``headers``, ``params`` and ``auth`` are defaults for every call, as on ``httpx.AsyncClient``: a call's
+    own headers win (names compared case-insensitively), its params are merged over the client's (a name
+    the call gives replaces the client's values for it), and its ``auth=`` replaces the client's
+    (``auth=None`` sends none). ``event_hooks={"request": [...], "response": [...]}`` takes async callables,
+    as ``httpx.AsyncClient`` does: request hooks get each request before it is sent, response hooks each
+    response (its body already read unless streamed). They run once per request httpx would send: once per
+    call, plus once per followed redirect hop or auth step; never per retry or hedge, which the stack makes
+    below them. An exception a hook raises ends the call with it.
+
+    >>> client = MeshClient(
+    ...     MeshSettings(discovery={"endpoints": {"users": ["http://10.0.0.1:8080"]}}),
+    ...     headers={"x-tenant": "acme"},
+    ...     auth=("gateway", "secret"),
+    ... )
 
     Use it as ``async with MeshClient(settings) as client:``, or call ``await client.initialize()`` and
     ``await client.aclose()``. Inside FastAPI, take it with ``Depends(get_mesh)``.
@@ -301,8 +352,22 @@ class MeshClient:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         discovery: Discovery | None = None,
+        headers: HeaderTypes | None = None,
+        params: QueryParamTypes | None = None,
+        auth: AuthTypes | None = None,
+        event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
     ) -> None:
-        self._rt = _Runtime(settings if settings is not None else MeshSettings(), transport, clock, rng, discovery)
+        self._rt = _Runtime(
+            settings if settings is not None else MeshSettings(),
+            transport,
+            clock,
+            rng,
+            discovery,
+            headers=headers,
+            params=params,
+            auth=auth,
+            event_hooks=event_hooks,
+        )
         self._inbound: InboundContext | None = None
         self._owner = True
 
@@ -579,52 +644,190 @@ class MeshClient:
 def _dispatch(
     rt: _Runtime, http: httpx.AsyncClient, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
 ) -> Coroutine[Any, Any, httpx.Response]:
-    """Build the call's request with httpx and send it: straight to the stack, or, for a call with
-    ``auth=`` or ``follow_redirects=``, through ``httpx.AsyncClient.send``, which handles those."""
+    """Build the call's request with httpx and send it: straight to the stack, or, for a call with auth
+    (its own or the client's), redirects to follow or event hooks, through ``_send_with_client``."""
+    auth = rt.auth
+    follow = False
     if "auth" in kwargs or "follow_redirects" in kwargs:
-        auth = kwargs.get("auth")
-        if (auth is None or auth is httpx.USE_CLIENT_DEFAULT) and not kwargs.get("follow_redirects"):
-            kwargs.pop("auth", None)  # no auth, no redirects: what the fast path does anyway
-            kwargs.pop("follow_redirects", None)
-        else:
-            return _send_with_client(rt, method, url, kwargs, stream=stream)
-    return rt.send(http.build_request(method, url, **kwargs), stream=stream)
+        given = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
+        if given is not httpx.USE_CLIENT_DEFAULT:
+            auth = _as_auth(given)
+        redirects = kwargs.pop("follow_redirects", False)
+        follow = redirects is not httpx.USE_CLIENT_DEFAULT and bool(redirects)
+    request = http.build_request(method, url, **kwargs)
+    if auth is None and not follow and rt.hooks is None:
+        return rt.send(request, stream=stream)
+    return _send_with_client(rt, request, auth, follow, kwargs.get("cookies"), stream=stream)
 
 
 async def _send_with_client(
-    rt: _Runtime, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
+    rt: _Runtime, request: httpx.Request, auth: httpx.Auth | None, follow: bool, cookies: _Cookies, *, stream: bool
 ) -> httpx.Response:
-    """A call with ``auth=`` or ``follow_redirects=``, through an ``httpx.AsyncClient`` of its own over the
-    stack: its cookie jar holds the call's ``cookies=`` and what the redirects it follows set (a login
-    flow works), and is gone with the call, so nothing reaches another caller's calls.
+    """``request`` with the client machinery ``httpx.AsyncClient.send`` has, driven here over the stack as
+    httpx drives it: the auth flow outermost, the redirect loop inside it, event hooks around each request
+    sent. Each request after the first (an auth step, a followed redirect) is a new hop through the stack,
+    with attempts of its own; the deadline is shared.
 
-    Redirects are followed here, one hop at a time, and only within the service (to its logical address or
-    one of its endpoints): each hop is a new call through the stack, with attempts of its own. A redirect
-    anywhere else is returned unfollowed, with its ``next_request``, as the mesh can only send to the
-    service's endpoints."""
-    if rt.stack is None:
-        raise RuntimeError("this MeshClient was closed while the call was starting")
-    auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
-    follow = kwargs.pop("follow_redirects", False)
-    client = rt.client_over(_Borrowed(rt.stack), kwargs.pop("cookies", None))
-    request = client.build_request(method, url, **kwargs)
-    ctx: CallContext = request.extensions[EXTENSION]
-    response = await client.send(request, stream=stream, auth=auth)
+    Redirects are followed only within the service (to its logical address or one of its endpoints), up to
+    ``MAX_REDIRECTS``; a redirect anywhere else is returned unfollowed, with its ``next_request``, as the mesh
+    can only send to the service's endpoints. httpx builds each redirect request (method change on 301/302/
+    303, body dropped with the method, ``Authorization`` dropped for another origin, which the service's
+    addresses are not to each other: within the service it is kept). A cookie jar of the call's own holds
+    its ``cookies=`` and what the hops set, for the next hop of that call only (a login redirect works), and
+    is gone with the call, so nothing reaches another caller's calls."""
+    hops = _Hops(rt, request, follow, cookies, stream)
+    if auth is None:
+        return await hops.send(request, [])
+    flow = auth.async_auth_flow(request)
     history: list[httpx.Response] = []
-    while follow and response.next_request is not None and _within(ctx.service, response.next_request.url):
-        if len(history) >= client.max_redirects:
-            await response.aclose()
-            raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=response.next_request)
-        following = response.next_request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()  # a body that failed to arrive still gives its slots back
-        history.append(response)
-        ctx.new_hop()
-        response = await client.send(following, stream=stream, auth=auth)
-        response.history = list(history)
-    return response
+    try:
+        request = await flow.__anext__()
+        while True:
+            response = await hops.send(request, history)
+            try:
+                try:
+                    following = await flow.asend(response)
+                except StopAsyncIteration:
+                    return response
+                response.history = list(history)
+                await response.aread()
+                history.append(response)
+                request = hops.next_step(following)
+            except BaseException:
+                await response.aclose()
+                raise
+    finally:
+        await flow.aclose()
+
+
+class _Hops:
+    """One call's requests through the stack: redirect hops followed, hooks run, the call's cookie jar."""
+
+    __slots__ = ("cookies", "ctx", "extensions", "follow", "jar", "rt", "stream")
+
+    def __init__(self, rt: _Runtime, request: httpx.Request, follow: bool, cookies: _Cookies, stream: bool) -> None:
+        self.rt = rt
+        self.extensions = request.extensions
+        self.ctx: CallContext = request.extensions[EXTENSION]
+        self.follow = follow
+        self.cookies = cookies
+        self.jar: httpx.Cookies | None = None  # made when a followed hop needs it (cookies to send or set)
+        self.stream = stream
+
+    def next_step(self, request: httpx.Request) -> httpx.Request:
+        """A request an auth flow yields after the first: a new hop (the same request changed, usually; a new
+        one gets the call's context and timeouts)."""
+        if EXTENSION not in request.extensions:
+            request.extensions = {**self.extensions, **request.extensions}
+        self.ctx.new_hop()
+        return request
+
+    async def send(self, request: httpx.Request, history: list[httpx.Response]) -> httpx.Response:
+        """As httpx's redirect loop: hooks, send, and while a redirect within the service is to be followed,
+        read it and send the next request."""
+        rt = self.rt
+        hooks = rt.hooks
+        while True:
+            if hooks is not None:
+                for hook in hooks[0]:
+                    await hook(request)
+            response = await rt.send(request, stream=self.stream)
+            try:
+                if hooks is not None:
+                    for hook in hooks[1]:
+                        await hook(response)
+                if history:
+                    response.history = list(history)
+                following = response.next_request
+                if following is None or not self.follow or not _within(self.ctx.service, following.url):
+                    return response
+                if len(history) >= MAX_REDIRECTS:
+                    raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=following)
+                credentials = request.headers.get("authorization")
+                if credentials is not None and "authorization" not in following.headers:
+                    # httpx dropped it for another endpoint's address; the service is one origin
+                    following.headers["authorization"] = credentials
+                jar = self.jar
+                if "set-cookie" in response.headers or (jar is None and self.cookies):
+                    if jar is None:
+                        jar = self.jar = httpx.Cookies(self.cookies)
+                    jar.extract_cookies(response)
+                if jar:  # an empty jar would add nothing: skip the cookie machinery
+                    jar.set_cookie_header(following)
+                await response.aread()  # a streamed hop: read (which closes it and frees its slots)
+            except BaseException:
+                await response.aclose()  # a body that failed to arrive still gives its slots back
+                raise
+            history = [*history, response]
+            self.ctx.new_hop()
+            request = following
+
+
+def _redirect_request(http: httpx.AsyncClient, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+    """The request a redirect asks for, as httpx's ``_build_redirect_request`` builds it, only with the
+    usual Location (a path on the same server) resolved through the service's cache of parsed URLs rather
+    than parsed and joined afresh, which costs more than the rest of the hop's stack. Cookies are left out:
+    the shared client's jar never holds any."""
+    location = response.headers["location"]
+    if location[:1] != "/" or location[:2] == "//" or request.url.fragment:
+        return http._build_redirect_request(request, response)
+    ctx: CallContext = request.extensions[EXTENSION]
+    try:
+        path = ctx.service.url(location)._uri_reference  # dot segments removed, as httpx's join does
+        base = request.url._uri_reference
+    except (httpx.InvalidURL, AttributeError):  # httpx's own path raises httpx's error for a bad Location
+        return http._build_redirect_request(request, response)
+    url = _NEW_URL(httpx.URL)
+    url._uri_reference = _NEW_TUPLE(
+        type(base), (base.scheme, base.userinfo, base.host, base.port, path.path, path.query, path.fragment)
+    )
+    method = http._redirect_method(request, response)
+    return httpx.Request(
+        method,
+        url,
+        headers=http._redirect_headers(request, url, method),
+        stream=http._redirect_stream(request, method),
+        extensions=request.extensions,
+    )
+
+
+_NEW_TUPLE = tuple.__new__
+_NEW_URL = httpx.URL.__new__
+
+
+def _as_auth(auth: object) -> httpx.Auth | None:
+    """``auth=`` as httpx takes it: an ``httpx.Auth``, a ``(username, password)`` tuple, a callable that
+    changes the request, or None."""
+    if auth is None or isinstance(auth, httpx.Auth):
+        return auth
+    if isinstance(auth, tuple):
+        return httpx.BasicAuth(username=auth[0], password=auth[1])
+    if callable(auth):
+        return _FunctionAuth(auth)
+    raise TypeError(f'Invalid "auth" argument: {auth!r}')  # httpx's words
+
+
+class _FunctionAuth(httpx.Auth):
+    """A callable as ``auth=``: it gets the request and returns the one to send, as httpx does."""
+
+    def __init__(self, func: Callable[[httpx.Request], httpx.Request]) -> None:
+        self._func = func
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield self._func(request)
+
+
+def _event_hooks(
+    event_hooks: Mapping[str, Sequence[EventHook]] | None,
+) -> tuple[tuple[EventHook, ...], tuple[EventHook, ...]] | None:
+    """``event_hooks`` as ``(request hooks, response hooks)``, or None when there are none."""
+    if not event_hooks:
+        return None
+    unknown = sorted(set(event_hooks) - {"request", "response"})
+    if unknown:
+        raise ValueError(f"event_hooks: unknown event(s) {unknown}; the events are 'request' and 'response'")
+    hooks = tuple(event_hooks.get("request", ())), tuple(event_hooks.get("response", ()))
+    return hooks if hooks[0] or hooks[1] else None
 
 
 def _within(service: ServiceState, url: httpx.URL) -> bool:

@@ -10,6 +10,7 @@ already does ``except httpx.HTTPError`` keeps working::
           ├── BulkheadFull              a concurrency limit is full; nothing was sent
           ├── DeadlineExceeded          the call's overall deadline passed (also an httpx.TimeoutException)
           ├── UpstreamUnavailable       every attempt failed without a response; __cause__ is the last error
+          │    └── UpstreamTimeout      ... and every attempt timed out (also an httpx.TimeoutException)
           └── AuthorizationDenied       the peer's identity is not allowed
 
 An upstream that *answers*, even with a 503, is not an error here: its response is returned, as httpx does.
@@ -27,6 +28,7 @@ __all__ = [
     "DeadlineExceeded",
     "MeshError",
     "NoHealthyEndpoints",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
 
@@ -95,6 +97,20 @@ class UpstreamUnavailable(MeshError):
     """Every attempt failed without a response; the last transport error is ``__cause__``."""
 
     default_message = "upstream unavailable"
+
+
+class UpstreamTimeout(UpstreamUnavailable, httpx.TimeoutException):
+    """Every attempt timed out (connect, read, write or pool timeout) without a response: what a plain
+    httpx client raises as an ``httpx.TimeoutException``, so ``except httpx.TimeoutException`` catches it.
+
+    >>> try:
+    ...     raise UpstreamTimeout("user-service", "ReadTimeout after 3 attempt(s)")
+    ... except httpx.TimeoutException as exc:
+    ...     print(exc, isinstance(exc, UpstreamUnavailable))
+    upstream timed out for service 'user-service': ReadTimeout after 3 attempt(s) True
+    """
+
+    default_message = "upstream timed out"
 
 
 class AuthorizationDenied(MeshError):

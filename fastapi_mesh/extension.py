@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import HTTPConnection
 
-from .client import MeshClient
+from .client import AuthTypes, EventHook, HeaderTypes, MeshClient, QueryParamTypes
 from .clock import Clock
 from .context import InboundContext, current_inbound
 from .discovery import Discovery
@@ -46,8 +46,8 @@ _RUNNING: list[Mesh] = []
 class Mesh:
     """The extension: ``lifespan``, ``router``, ``policy``, and the ``client`` routes get via ``get_mesh``.
 
-    ``Mesh(settings=None, *, discovery=None, transport=None, clock=None, rng=None)``; the keyword
-    arguments go to the ``MeshClient`` it owns.
+    ``Mesh(settings=None, *, discovery=None, transport=None, clock=None, rng=None, headers=None, params=None,
+    auth=None, event_hooks=None)``; the keyword arguments go to the ``MeshClient`` it owns.
     """
 
     def __init__(
@@ -58,9 +58,23 @@ class Mesh:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        headers: HeaderTypes | None = None,
+        params: QueryParamTypes | None = None,
+        auth: AuthTypes | None = None,
+        event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else MeshSettings()
-        self.client = MeshClient(self.settings, transport=transport, clock=clock, rng=rng, discovery=discovery)
+        self.client = MeshClient(
+            self.settings,
+            transport=transport,
+            clock=clock,
+            rng=rng,
+            discovery=discovery,
+            headers=headers,
+            params=params,
+            auth=auth,
+            event_hooks=event_hooks,
+        )
         self.clock: Clock = self.client._rt.clock
         self.registry = build_registry(self.client)
         #: Inbound request counts and durations, recorded by ``MeshMiddleware``.

@@ -44,6 +44,7 @@ __all__ = [
     "ActiveHealthCheckConfig",
     "BulkheadConfig",
     "CircuitBreakerConfig",
+    "ConnectionConfig",
     "DiscoveryConfig",
     "EndpointConfig",
     "HealthCheckConfig",
@@ -714,6 +715,68 @@ class MtlsConfig(_Section):
         return self
 
 
+# ------------------------------------------------------------------------------------------- connection
+
+ConnectionBackend = Literal["httpcore", "aiohttp"]
+DEFAULT_CONNECTION_BACKEND: ConnectionBackend = "aiohttp"
+_PROXY_SCHEMES = ("http", "https")
+
+
+class ConnectionConfig(_Section):
+    """The innermost layer: how connections to endpoints are opened, pooled and secured, e.g.
+    ``{"backend": "httpcore", "http2": true}`` (see the architecture's *Connection layer*)."""
+
+    #: ``httpcore``: one httpx/httpcore pool per endpoint (HTTP/1.1, or HTTP/2 with ``http2``). ``aiohttp``:
+    #: aiohttp's connector and C parser under the same httpx interface (HTTP/1.1 only). Both give the same
+    #: responses, timeouts, errors and retry decisions; they differ in CPU per call.
+    backend: ConnectionBackend = DEFAULT_CONNECTION_BACKEND
+    #: Offer HTTP/2 to ``https`` endpoints (ALPN; HTTP/1.1 when the endpoint does not take it). Backend
+    #: ``httpcore`` only, and needs the ``h2`` package (``pip install 'fastapi-mesh[http2]'``).
+    http2: bool = False
+    #: Egress proxy for every outbound call: ``http://[user:password@]host:port`` (or ``https://``); never shown
+    #: in status or ``fastapi-mesh config`` output. ``null``: none, unless ``trust_env`` takes one from the
+    #: environment.
+    proxy: SecretStr | None = None
+    #: Take the egress proxy from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` (honouring ``NO_PROXY``)
+    #: when ``proxy`` is not set. Off by default: a process's environment does not reroute its calls.
+    trust_env: bool = False
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is None:
+            return None
+        value = secret.get_secret_value().strip()
+        shown = _without_password(value)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"proxy {shown!r} is not a URL: {exc}") from None
+        if parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
+            raise ValueError(f"proxy {shown!r} must be http://host:port or https://host:port")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"proxy {shown!r} must have no path, query or fragment")
+        return SecretStr(value)
+
+    @field_validator("http2")
+    @classmethod
+    def _http2_needs_httpcore(cls, value: bool, info: ValidationInfo) -> bool:
+        backend = info.data.get("backend")
+        if value and backend is not None and backend != "httpcore":
+            raise ValueError(f"http2 needs backend 'httpcore'; backend {backend!r} speaks HTTP/1.1 only")
+        return value
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (for error messages)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 # ---------------------------------------------------------------------------------------------- presets
 
 #: Values each environment preset puts under the global settings. Development answers fast and forgives;
@@ -877,6 +940,15 @@ def _merge_fields(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str,
     return {**base, **over}
 
 
+#: What ``mode: istio`` sets in every service's effective policy, over everything else: the sidecar retries
+#: (``render istio`` hands it these retry settings), ejects outliers and checks endpoints.
+ISTIO_MODE: dict[str, dict[str, Any]] = {
+    "retry": {"max_retries": 0, "hedge_delay": None},
+    "outlier_detection": {"enabled": False},
+    "active_health_check": {"enabled": False},
+}
+
+
 class MeshSettings(BaseSettings):
     """All of the mesh's settings. ``MeshSettings()`` reads ``MESH_*`` variables (nested with ``__``).
 
@@ -898,6 +970,12 @@ class MeshSettings(BaseSettings):
 
     service_name: str = Field(default="app", min_length=1)
     environment: Environment = "development"
+    #: ``library``: fastapi-mesh balances, retries and (with ``mtls``) encrypts calls itself. ``istio``: an Envoy
+    #: sidecar does those, and every service's effective policy makes no retries or hedges (the sidecar's
+    #: retries would multiply them) and leaves outlier detection and active health checks to the sidecar;
+    #: deadlines, bulkheads, breakers, fallbacks and route policies stay. ``fastapi-mesh render istio`` writes
+    #: the sidecar's side from these settings.
+    mode: Literal["library", "istio"] = "library"
     zone: str | None = None
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     load_balancer: LoadBalancerConfig = Field(default_factory=LoadBalancerConfig)
@@ -909,6 +987,7 @@ class MeshSettings(BaseSettings):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     mtls: MtlsConfig = Field(default_factory=MtlsConfig)
+    connection: ConnectionConfig = Field(default_factory=ConnectionConfig)
     services: dict[str, ServiceOverride] = Field(default_factory=dict)
 
     _policies: dict[str, ServicePolicy] = PrivateAttr(default_factory=dict)
@@ -982,6 +1061,9 @@ class MeshSettings(BaseSettings):
                 sections[section] = POLICY_SECTIONS[section].model_validate(data)
             except ValidationError as exc:
                 raise _relocate(exc, ("services", name, section)) from None
+        if self.mode == "istio":
+            for section, values in ISTIO_MODE.items():
+                sections[section] = sections[section].model_copy(update=values)
         policy = ServicePolicy(service=name, **sections)
         self._policies[name] = policy
         return policy

@@ -7,7 +7,7 @@ the next::
           └─ retry           backoff, idempotency rules, budget, Retry-After; transport failures -> MeshError
              └─ balancer     an endpoint per attempt; in-flight counts; latency, failures, outlier ejection
                 └─ attempt   per-attempt timeout within the deadline; x-mesh-timeout-ms; reads the body
-                   └─ pool   httpx.AsyncHTTPTransport (TLS / mTLS context), or the ``transport=`` given
+                   └─ pool   connection.backend pools, one per endpoint (TLS / mTLS), or the ``transport=`` given
 
 A bad replica is the balancer's problem (ejection, a re-pick on retry), not the breaker's: the breaker sees
 what the caller sees, after retries, and opens only when the service as a whole fails.
@@ -22,6 +22,7 @@ import httpx
 
 from .balancing.transport import BalancerTransport
 from .clock import Clock
+from .connection import build_transport
 from .events import EventBus
 from .resilience.attempt import AttemptTransport
 from .resilience.breaker import CircuitBreakerTransport
@@ -32,9 +33,6 @@ from .settings import MeshSettings, MtlsConfig
 
 __all__ = ["build_connection_pool", "build_stack"]
 
-#: Idle connections kept per pool; the per-endpoint limit is enforced by the balancer, not by httpx.
-KEEPALIVE_CONNECTIONS = 100
-KEEPALIVE_EXPIRY = 30.0
 
 
 def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
@@ -66,16 +64,12 @@ def client_tls_context(
 
 
 def build_connection_pool(settings: MeshSettings) -> httpx.AsyncBaseTransport:
-    """The innermost layer: pooled keep-alive connections, no pool-wide connection cap."""
-    return httpx.AsyncHTTPTransport(
-        verify=build_ssl_context(settings),
-        limits=httpx.Limits(
-            max_connections=None,
-            max_keepalive_connections=KEEPALIVE_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_EXPIRY,
-        ),
-        trust_env=False,
-    )
+    """The innermost layer ``connection.backend`` names: keep-alive pools per endpoint, no connection cap
+    (the balancer enforces ``max_connections_per_instance``), the mesh's TLS context for ``https``."""
+    verify = build_ssl_context(settings)
+    if not isinstance(verify, ssl.SSLContext):  # httpx's default store, as httpx.AsyncHTTPTransport builds it
+        verify = httpx.create_ssl_context(trust_env=settings.connection.trust_env)
+    return build_transport(settings.connection, verify)
 
 
 def build_stack(

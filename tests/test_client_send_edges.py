@@ -1,4 +1,5 @@
-"""Fixes from reviewing the direct send path, fallbacks, the registry and restarts: each as it failed."""
+"""Edges of the direct send path: streams and redirects giving their slots back, fallbacks, the registry
+keeping a service in use, restarts, and no-op auth/redirect arguments staying on the fast path."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The retry layer: backoff, idempotency rules, Retry-After, a new endpoint each time.
 
 This is also the one place where transport failures become ``MeshError``s: when no attempt got a response,
-``UpstreamUnavailable`` rises with the last httpx error as its ``__cause__``; when an attempt got an answer
-(even a 503) and retries run out, that answer is returned, as httpx would.
+``UpstreamUnavailable`` rises with the last httpx error as its ``__cause__`` (``UpstreamTimeout``, also an
+``httpx.TimeoutException``, when every attempt timed out); when an attempt got an answer (even a 503) and
+retries run out, that answer is returned, as httpx would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
-from ..errors import DeadlineExceeded, MeshError, UpstreamUnavailable
+from ..errors import DeadlineExceeded, MeshError, UpstreamTimeout, UpstreamUnavailable
 from ..events import RETRY_ATTEMPT, RETRY_MAX_REACHED, EventBus, RetryEvent
 from .backoff import backoff_delay, parse_retry_after
 from .hedge import hedged
@@ -64,6 +65,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         delay = 0.0
         last_response: httpx.Response | None = None  # what an earlier attempt got, when this one gets nothing
         last_error: httpx.TransportError | None = None
+        timeouts_only = True  # every attempt that failed without a response timed out
         while True:
             ctx.attempts += 1
             attempt = ctx.attempts
@@ -84,7 +86,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 if last_response is not None:
                     return last_response
                 if last_error is not None and not isinstance(exc, DeadlineExceeded):
-                    raise UpstreamUnavailable(
+                    raise (UpstreamTimeout if timeouts_only else UpstreamUnavailable)(
                         service.name,
                         f"{type(last_error).__name__} after {attempt - 1} attempt(s), then no endpoint "
                         f"for another: {exc}",
@@ -95,6 +97,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             except httpx.TransportError as exc:
                 attempt = ctx.attempts  # a hedge made during this round counts as an attempt too
                 reason = type(exc).__name__
+                timeouts_only = timeouts_only and isinstance(exc, httpx.TimeoutException)
                 safe = replayable and (idempotent or isinstance(exc, NOT_SENT))
                 if safe:
                     delay = backoff_delay(config, attempt, self._rng, delay)
@@ -114,7 +117,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                         endpoint=endpoint,
                         request=request,
                     ) from exc
-                raise UpstreamUnavailable(
+                raise (UpstreamTimeout if timeouts_only else UpstreamUnavailable)(
                     service.name,
                     f"{reason} after {attempt} attempt(s): {exc}".rstrip(": "),
                     endpoint=endpoint,

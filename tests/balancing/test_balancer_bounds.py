@@ -1,4 +1,5 @@
-"""Review findings for the balancer: each test fails on the code as reviewed and passes once the bug is fixed."""
+"""Balancer bounds: bounded load at scale, subsets and retries, rehashing on updates, ring size, and pick
+cost that stays bounded with ejected, full or warming endpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review finding for cookie affinity in MeshMiddleware (fails on the code as reviewed)."""
+"""Cookie affinity in MeshMiddleware when the call fails: the cookie is still set on a mesh error response."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Balancer fixes from review: departed endpoints count for nothing, bad answers keep the last good set."""
+"""Endpoint-set updates at the edges: departed endpoints count for nothing, bad answers keep the last good set,
+repeated and reordered answers change nothing, zone counts follow."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ async def test_the_decorator_registers_with_its_keywords_and_probes_never_run_ch
     mesh = Mesh(MeshSettings(health_check=QUIET), transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     runs = 0
 
-    @mesh.health_check("warehouse", kind="readiness", critical=False, interval=60, timeout=2.0)
+    @mesh.health_check("warehouse", kind="readiness", critical=False, interval=60, timeout=10.0)
     async def warehouse() -> bool:
         nonlocal runs
         runs += 1
@@ -235,7 +235,7 @@ async def test_the_decorator_registers_with_its_keywords_and_probes_never_run_ch
         assert response.json()["checks"]["warehouse"]["last_error"] == "RuntimeError: warehouse unreachable"
         assert mesh.get_readiness() == response.json() | {"uptime_s": mesh.get_readiness()["uptime_s"]}
         verbose = (await http.get("/health/ready", params={"verbose": "1"})).json()
-        assert verbose["checks"]["warehouse"]["timeout_s"] == 2.0
+        assert verbose["checks"]["warehouse"]["timeout_s"] == 10.0
         live = await http.get("/health/live")
         assert live.status_code == 200 and set(live.json()["checks"]) == {"background-tasks"}
 
