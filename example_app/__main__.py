@@ -1,20 +1,35 @@
-"""``python -m example_app``: run the demo upstream replicas and the ``api-gateway`` in front of them."""
+"""``python -m example_app``: run the demo upstream replicas and the ``api-gateway`` in front of them.
+
+``--mtls`` makes every hop mutual TLS: development certificates from ``fastapi-mesh certs`` in a temporary
+directory, each replica and the gateway served by the mesh's server (client certificates required, probes on
+a plain port), the replicas accepting only the gateway's identity, and the gateway calling them over mTLS.
+"""
 
 import argparse
 import asyncio
 import atexit
+import dataclasses
 import functools
+import os
+import shutil
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from example_app.dnsmasq import CLUSTER_DOMAIN, NAMESPACE, Dnsmasq, DnsmasqError
-from example_app.fleet import HOST, Fleet, ReplicaSpec, StartupError
-from example_app.gateway import ROUTES, create_gateway
+from example_app.fleet import HOST, Fleet, Replica, ReplicaSpec, StartupError, _child_env, free_port
+from example_app.gateway import ROUTES, SERVICE_NAME, create_gateway
+from example_app.upstream import create_upstream_app
+from fastapi_mesh import MeshSettings
+from fastapi_mesh.security.certs import spiffe_id, write_dev_certificates
 
 USER_REPLICAS = 3
 ORDER_REPLICAS = 2
@@ -22,6 +37,8 @@ FLAKY_REPLICA = "user-service-3"
 """The replica that ``--flaky`` makes answer 503 to a fraction of its requests."""
 DEFAULT_FLAKY = 0.3
 """The fraction used when ``--flaky`` is given without a value."""
+MTLS_CLIENT = "demo-client"
+"""With ``--mtls``: the identity whose certificate the banner's ``curl`` commands present to the gateway."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,6 +75,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "their SRV records (needs dnsmasq: apt-get install dnsmasq-base)"
         ),
     )
+    parser.add_argument(
+        "--mtls",
+        action="store_true",
+        help=(
+            "mutual TLS on every hop, with development certificates (fastapi-mesh certs) in a temporary "
+            "directory; the replicas accept only the gateway's identity; probes and /metrics on plain ports"
+        ),
+    )
+    # One mTLS replica, as ``--mtls`` starts it (not for direct use).
+    parser.add_argument("--serve-replica", nargs=2, metavar=("SERVICE", "NAME"), help=argparse.SUPPRESS)
+    parser.add_argument("--certs", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--replica-seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--ready-timeout",
         type=float,
@@ -99,6 +130,146 @@ def dns_discovery(dnsmasq: Dnsmasq) -> dict[str, object]:
     }
 
 
+def mtls_settings(certs: Path, service: str, **extra: Any) -> dict[str, Any]:
+    """The ``mtls`` settings of ``service``: its certificate from ``certs`` (as ``fastapi-mesh certs`` wrote it)."""
+    directory = certs / service
+    return {
+        "enabled": True,
+        "cert_path": str(directory / "tls.crt"),
+        "key_path": str(directory / "tls.key"),
+        "ca_path": str(directory / "ca.crt"),
+        **extra,
+    }
+
+
+def make_certificates() -> Path:
+    """A CA and a certificate per service (and one for the demo's ``curl``) in a temporary directory."""
+    certs = Path(tempfile.mkdtemp(prefix="fastapi-mesh-demo-certs-"))
+    atexit.register(shutil.rmtree, certs, True)
+    services = sorted({spec.service for spec in replica_specs(0.0, 0)})
+    write_dev_certificates(certs, [SERVICE_NAME, *services, MTLS_CLIENT])
+    return certs
+
+
+@dataclasses.dataclass
+class TlsReplica(Replica):
+    """An mTLS replica: ``port`` is its plain probe port, ``tls_port`` the port it serves callers on."""
+
+    tls_port: int = 0
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://{HOST}:{self.tls_port}"
+
+
+@dataclasses.dataclass
+class MtlsFleet(Fleet):
+    """Replicas served by the mesh's server with mTLS; probed on their plain ports, called on their TLS ports."""
+
+    certs: Path = Path()
+
+    def start(self, specs: Iterable[ReplicaSpec]) -> None:
+        env = _child_env()
+        for spec in specs:
+            plain, tls = free_port(), free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "example_app",
+                "--serve-replica",
+                spec.service,
+                spec.name,
+                "--certs",
+                str(self.certs),
+                "--port",
+                str(tls),
+                "--plain-port",
+                str(plain),
+                "--flaky",
+                str(spec.flaky),
+                "--replica-seed",
+                str(spec.seed),
+                "--log-level",
+                self.log_level,
+                "--parent-pid",
+                str(os.getpid()),
+            ]
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.replicas.append(TlsReplica(spec, plain, process, tls_port=tls))
+
+    def endpoints(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        for replica in self.replicas:
+            assert isinstance(replica, TlsReplica)
+            result.setdefault(replica.spec.service, []).append(replica.tls_url)
+        return result
+
+
+async def _exit_with_parent(server: uvicorn.Server, parent_pid: int) -> None:
+    while not server.should_exit:
+        if os.getppid() != parent_pid:
+            server.should_exit = True
+            return
+        await asyncio.sleep(0.5)
+
+
+def serve_replica(args: argparse.Namespace) -> int:
+    """One mTLS replica (``--serve-replica SERVICE NAME``): only the gateway's identity may call it."""
+    from fastapi_mesh.security.server import MeshServerConfig
+
+    service, name = args.serve_replica
+    certs = Path(args.certs)
+    allow = [spiffe_id(SERVICE_NAME)]
+    mtls = mtls_settings(certs, service, plain_port=args.plain_port, allow=allow)
+    settings = MeshSettings(service_name=service, mtls=mtls)
+    app = create_upstream_app(service, name, flaky=args.flaky, seed=args.replica_seed)
+    config = MeshServerConfig(app, settings=settings, host=HOST, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        watcher = asyncio.create_task(_exit_with_parent(server, args.parent_pid)) if args.parent_pid else None
+        try:
+            await server.serve()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    asyncio.run(run())
+    return 0 if server.started else 1
+
+
+def _print_mtls_banner(fleet: Fleet, port: int, certs: Path, plain_port: int) -> None:
+    """What runs where with ``--mtls``, and the ``curl`` commands that present the demo client's certificate."""
+    base = f"https://{HOST}:{port}"
+    client = certs / MTLS_CLIENT
+    lines = ["", f"mTLS: development certificates in {certs} (made with `fastapi-mesh certs`)", ""]
+    lines += ["Upstream replicas (mTLS, only spiffe://cluster.local/ns/default/sa/api-gateway may call them):"]
+    for replica in fleet.replicas:
+        assert isinstance(replica, TlsReplica)
+        lines.append(
+            f"  {replica.spec.name:<16} {replica.tls_url:<25} probes {replica.url:<24} pid {replica.process.pid}"
+        )
+    lines += [
+        "",
+        f"api-gateway on {base}, probes and /metrics on http://{HOST}:{plain_port} -- try, as {MTLS_CLIENT}:",
+        f"  CURL='curl --cacert {certs / 'ca.crt'} --cert {client / 'tls.crt'} --key {client / 'tls.key'}'",
+    ]
+    lines += [f"  $CURL -i {base}{route}" for route in ROUTES if not route.startswith(("/health", "/metrics"))]
+    lines += [f"  curl -i http://{HOST}:{plain_port}/health/ready", f"  curl -i http://{HOST}:{plain_port}/metrics"]
+    first = fleet.replicas[0]
+    assert isinstance(first, TlsReplica)
+    lines += [
+        "",
+        "A replica refuses any caller but the gateway (403), and a caller without a certificate cannot connect:",
+        f"  $CURL -i {first.tls_url}/api/users",
+        f"  curl -i --cacert {certs / 'ca.crt'} {base}/api/users",
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
 def _print_banner(fleet: Fleet, port: int, dnsmasq: Dnsmasq | None = None) -> None:
     """Tell the user what runs where and what to try."""
     base = f"http://{HOST}:{port}"
@@ -132,9 +303,18 @@ async def _announce(server: uvicorn.Server, on_started: Callable[[int], None]) -
     on_started(server.servers[0].sockets[0].getsockname()[1])
 
 
-async def serve_gateway(app: FastAPI, port: int, log_level: str, on_started: Callable[[int], None]) -> None:
-    """Serve ``app`` on 127.0.0.1:``port`` until Ctrl-C or SIGTERM."""
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level=log_level, lifespan="on"))
+async def serve_gateway(
+    app: FastAPI, port: int, log_level: str, on_started: Callable[[int], None], settings: MeshSettings | None = None
+) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` until Ctrl-C or SIGTERM; with ``settings``, through the mesh's server
+    (``fastapi-mesh serve``: its mTLS and plain port)."""
+    if settings is not None:
+        from fastapi_mesh.security.server import MeshServerConfig
+
+        config: uvicorn.Config = MeshServerConfig(app, settings=settings, host=HOST, port=port, log_level=log_level)
+    else:
+        config = uvicorn.Config(app, host=HOST, port=port, log_level=log_level, lifespan="on")
+    server = uvicorn.Server(config)
     announcer = asyncio.create_task(_announce(server, on_started))
     try:
         await server.serve()
@@ -152,10 +332,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return the process exit code."""
     args = parse_args(argv)
+    if args.serve_replica:
+        return serve_replica(args)
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _interrupt)
-    fleet = Fleet(log_level=args.replica_log_level)
+    certs = make_certificates() if args.mtls else None
+    fleet = Fleet(log_level=args.replica_log_level) if certs is None else MtlsFleet(args.replica_log_level, certs=certs)
     atexit.register(fleet.stop)
     dnsmasq = Dnsmasq() if args.dns else None
     if dnsmasq is not None:
@@ -167,9 +350,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dnsmasq is not None:
             dnsmasq.start([(r.spec.service, r.spec.name, r.port) for r in fleet.replicas])
             settings["discovery"] = dns_discovery(dnsmasq)
+        served: MeshSettings | None = None
+        if certs is not None:
+            plain_port = free_port()
+            settings["mtls"] = mtls_settings(certs, SERVICE_NAME, plain_port=plain_port)
+            announce: Callable[[int], None] = functools.partial(
+                _print_mtls_banner, fleet, certs=certs, plain_port=plain_port
+            )
+        else:
+            announce = functools.partial(_print_banner, fleet, dnsmasq=dnsmasq)
         gateway = create_gateway(fleet.endpoints(), **settings)
-        announce = functools.partial(_print_banner, fleet, dnsmasq=dnsmasq)
-        asyncio.run(serve_gateway(gateway, args.port, args.log_level, announce))
+        if certs is not None:
+            served = gateway.state.mesh.settings
+        asyncio.run(serve_gateway(gateway, args.port, args.log_level, announce, served))
     except KeyboardInterrupt:
         pass
     except (StartupError, DnsmasqError) as exc:

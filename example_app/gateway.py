@@ -10,7 +10,8 @@ Routes:
 - ``GET /api/users/{user_id}`` -- 2 s deadline; an upstream 404 stays a 404.
 - ``GET /api/orders`` and ``POST /api/orders`` -- no fallback: failures surface as 502/503/504.
 - ``GET /api/dashboard`` -- calls both services concurrently and degrades per section.
-- ``/health/live``, ``/health/ready``, ``/health/startup``, ``/metrics`` -- from ``mesh.router``.
+- ``/health/live``, ``/health/ready``, ``/health/startup``, ``/metrics``, ``/mesh/status``,
+  ``/mesh/dashboard`` -- from ``mesh.router``.
 
 An upstream that answers 4xx is relayed as is; one that answers 5xx (after the mesh's retries) becomes
 ``502 Bad Gateway`` unless the route has a fallback.
@@ -56,6 +57,7 @@ ROUTES = (
     "/health/startup",
     "/metrics",
     "/mesh/status",
+    "/mesh/dashboard",
 )
 """The gateway URLs worth trying, listed by ``GET /`` and by ``python -m example_app``."""
 

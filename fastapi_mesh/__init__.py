@@ -17,6 +17,7 @@
 
 from .client import MeshClient, create_service_mesh_client
 from .clock import Clock, ManualClock, MonotonicClock
+from .connection.tls import ServerIdentityMismatch
 from .discovery import Discovery, Endpoint, StaticDiscovery
 from .errors import (
     AuthorizationDenied,
@@ -28,10 +29,11 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .events import EndpointsChanged, EventBus, RequestEvent, RetryEvent
+from .events import BulkheadRejected, EndpointsChanged, EventBus, FallbackUsed, RequestEvent, RetryEvent
 from .extension import Mesh, get_mesh
 from .health import HealthManager
 from .middleware import MeshMiddleware
+from .security.identity import peer_identity, require_identity
 from .settings import MeshSettings, ServicePolicy, get_service_config
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthorizationDenied",
     "BulkheadFull",
+    "BulkheadRejected",
     "CircuitOpen",
     "Clock",
     "DeadlineExceeded",
@@ -46,6 +49,7 @@ __all__ = [
     "Endpoint",
     "EndpointsChanged",
     "EventBus",
+    "FallbackUsed",
     "HealthManager",
     "ManualClock",
     "Mesh",
@@ -57,6 +61,7 @@ __all__ = [
     "NoHealthyEndpoints",
     "RequestEvent",
     "RetryEvent",
+    "ServerIdentityMismatch",
     "ServicePolicy",
     "StaticDiscovery",
     "UpstreamTimeout",
@@ -65,4 +70,6 @@ __all__ = [
     "create_service_mesh_client",
     "get_mesh",
     "get_service_config",
+    "peer_identity",
+    "require_identity",
 ]

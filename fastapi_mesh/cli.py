@@ -4,6 +4,8 @@
     fastapi-mesh policy user-service       # the effective policy for one upstream, as JSON
     fastapi-mesh render istio --service user-service   # its DestinationRule and VirtualService
     fastapi-mesh render k8s --image registry.example.com/api:1.0   # this service's Deployment
+    fastapi-mesh serve app:app --host 0.0.0.0 --port 8443   # uvicorn with the mesh's mTLS (MESH_MTLS__*)
+    fastapi-mesh certs --out certs --trust-domain cluster.local api-gateway user-service   # development certs
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = commands.add_parser("policy", help="print the effective policy for one upstream service")
     policy.add_argument("service")
     _add_render(commands)
+    _add_serve(commands)
+    _add_certs(commands)
     args = parser.parse_args(argv)
+    if args.command == "certs":  # needs no settings: it makes the files the settings will name
+        return _certs(args)
     try:
         variables = _read_env_file(args.env_file) if getattr(args, "env_file", None) else {}
     except (OSError, ValueError) as exc:
@@ -48,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "render":
         return _render(args, settings)
+    if args.command == "serve":
+        return _serve(args, settings)
     if args.command == "check":
         if settings.discovery.backend == "custom" and settings.discovery.custom_class is None:
             # The application passes its own Discovery object; nothing here can see it, or fault it.
@@ -81,6 +89,81 @@ def _add_render(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     k8s.add_argument("--image", help="the container image (default: <service_name>:latest)")
     k8s.add_argument("--port", type=int, default=8080, help="the container port, named http (default: 8080)")
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run an ASGI app under uvicorn with the mesh's mTLS (MESH_MTLS__*): client certificates required",
+        description="Run an ASGI app under uvicorn. With MESH_MTLS__ENABLED=true: TLS 1.2+, client certificates "
+        "signed by MESH_MTLS__CA_PATH required, the caller's certificate in scope['extensions']['tls'], "
+        "mtls.allow enforced, files reloaded when they change, and MESH_MTLS__PLAIN_PORT for probes and metrics.",
+    )
+    parser.add_argument("app", help="the application, as module:attribute (e.g. app:app)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument(
+        "--log-level", choices=("critical", "error", "warning", "info", "debug", "trace"), help="uvicorn's log level"
+    )
+    parser.add_argument("--app-dir", default=".", help="directory to import the app from (default: .)")
+
+
+def _serve(args: argparse.Namespace, settings: MeshSettings) -> int:
+    try:
+        from .security.server import serve
+    except ImportError as exc:  # pragma: no cover - uvicorn is what serves
+        print(f"fastapi-mesh serve needs uvicorn (pip install uvicorn): {exc}", file=sys.stderr)
+        return 1
+    app_dir = os.path.abspath(args.app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        return serve(
+            args.app, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, settings=settings
+        )
+    except ValueError as exc:
+        print(f"invalid mesh settings: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_certs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "certs",
+        help="create a development CA and a certificate with a SPIFFE ID for each service",
+        description="Create DIR/ca.crt and DIR/ca.key (or reuse them) and, per service, DIR/<service>/tls.crt, "
+        "tls.key and ca.crt, with the URI SAN spiffe://<trust-domain>/ns/<namespace>/sa/<service> and DNS SANs.",
+    )
+    parser.add_argument("services", nargs="+", metavar="SERVICE", help="a service (account) name")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
+    parser.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default: cluster.local)")
+    parser.add_argument("--namespace", default="default", help="Kubernetes namespace in the IDs (default: default)")
+    parser.add_argument(
+        "--dns", action="append", default=[], metavar="NAME", help="another DNS name or IP for every certificate"
+    )
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from .security.certs import write_dev_certificates
+
+    try:
+        issued = write_dev_certificates(
+            args.out, args.services, trust_domain=args.trust_domain, namespace=args.namespace, dns_names=args.dns
+        )
+    except (OSError, ValueError) as exc:
+        print(f"cannot create certificates: {exc}", file=sys.stderr)
+        return 1
+    out = args.out.rstrip("/") or "/"
+    services = {
+        name: {
+            "identity": identity,
+            "cert_path": f"{out}/{name}/tls.crt",
+            "key_path": f"{out}/{name}/tls.key",
+            "ca_path": f"{out}/{name}/ca.crt",
+        }
+        for name, identity in issued.items()
+    }
+    return _print({"ca": f"{out}/ca.crt", "services": services})
 
 
 def _render(args: argparse.Namespace, settings: MeshSettings) -> int:

@@ -16,18 +16,30 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import httpx
+from opentelemetry.trace import TracerProvider
 
 from ._streams import ReleasingStream
 from .clock import Clock, MonotonicClock
 from .context import EXTENSION, CallContext, InboundContext, _inbound, _route_deadline
 from .discovery import Discovery, build_discovery
 from .errors import MeshError
-from .events import REQUEST_FAILURE, REQUEST_SUCCESS, EventBus, EventHandler, RequestEvent
+from .events import (
+    ALIASES,
+    EVENTS,
+    FALLBACK_USED,
+    REQUEST_FAILURE,
+    REQUEST_SUCCESS,
+    EventBus,
+    EventHandler,
+    FallbackUsed,
+    RequestEvent,
+)
 from .health.active import ActiveHealthChecker
 from .health.manager import HealthManager
+from .observability.tracing import MeshTracing, client_failed, configure_from_environment, end_client
 from .registry import ServiceRegistry, ServiceState
 from .resilience.breaker import CircuitBreaker
 from .resilience.fallback import MISSING, call_fallback, request_of
@@ -64,6 +76,7 @@ QueryParamTypes = (
 AuthTypes = httpx.Auth | tuple[str | bytes, str | bytes] | Callable[[httpx.Request], httpx.Request]
 #: An event hook, as for ``httpx.AsyncClient``: an async callable taking the request or the response.
 EventHook = Callable[[Any], Awaitable[object]]
+H = TypeVar("H", bound=EventHandler)
 
 
 class _KeepNoCookies(http.cookiejar.CookiePolicy):
@@ -104,6 +117,7 @@ class _Runtime:
         params: QueryParamTypes | None = None,
         auth: AuthTypes | None = None,
         event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         #: Client-level defaults, merged into each call's as httpx merges them (checked here, as httpx does).
@@ -112,9 +126,13 @@ class _Runtime:
         self.auth = _as_auth(auth)
         #: ``(request hooks, response hooks)``, or None when there are none (the fast path checks only that).
         self.hooks = _event_hooks(event_hooks)
+        #: Spans and trace propagation (``observability.tracing``), or None: then calls pay nothing for them.
+        self.tracing = MeshTracing(tracer_provider) if settings.observability.tracing else None
         self.clock: Clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.events = EventBus()
+        #: ``observability.metrics``: calls observe their duration (``mesh_upstream_request_duration_seconds``).
+        self.observe = settings.observability.metrics
         self.user_transport = transport
         # Built from settings, a backend waits on real time (a test clock that jumps would spin its retry
         # loop); pass a backend object to control its clock.
@@ -202,6 +220,8 @@ class _Runtime:
         self.closed = False
         pool = self.user_transport or build_connection_pool(self.settings)
         stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
+        if self.tracing is not None and not self.tracing.provider_given:
+            configure_from_environment(self.settings.service_name)
         self.stack = stack
         self.http = client = self.client_over(
             _Borrowed(stack) if self.user_transport is not None else stack,
@@ -245,12 +265,22 @@ class _Runtime:
             raise RuntimeError("this MeshClient was closed while the call was starting")
         if not isinstance(request.stream, httpx.AsyncByteStream):
             raise RuntimeError("Attempted to send an sync request with an AsyncClient instance.")  # httpx's words
+        # Tracing on: a client span covers everything the stack does for the request (one check when off).
+        span = self.tracing.start_client(request) if self.tracing is not None else None
         start = time.perf_counter()
         try:
             response = await stack.handle_async_request(request)
         except httpx.RequestError as exc:
             exc.request = request  # as httpx does: errors name the request the caller made
+            if span is not None:
+                client_failed(span, request, exc)
             raise
+        except BaseException as exc:
+            if span is not None:
+                client_failed(span, request, exc)
+            raise
+        if span is not None:
+            end_client(span, request, response)
         response.request = request
         if stream:
             response.stream = ReleasingStream(
@@ -319,9 +349,10 @@ class MeshClient:
     """A resilient httpx client that addresses upstreams by service name.
 
     ``MeshClient(settings=None, *, transport=None, clock=None, rng=None, discovery=None, headers=None,
-    params=None, auth=None, event_hooks=None)``: ``transport`` replaces the innermost connection layer (e.g.
-    ``httpx.MockTransport``); ``clock`` and ``rng`` make timing and randomness exact in tests; ``discovery``
-    replaces the backend the settings name.
+    params=None, auth=None, event_hooks=None, tracer_provider=None)``: ``transport`` replaces the innermost
+    connection layer (e.g. ``httpx.MockTransport``); ``clock`` and ``rng`` make timing and randomness exact in
+    tests; ``discovery`` replaces the backend the settings name; ``tracer_provider`` is where the spans go
+    when ``observability.tracing`` is on (default: the global provider).
 
     ``headers``, ``params`` and ``auth`` are defaults for every call, as on ``httpx.AsyncClient``: a call's
     own headers win (names compared case-insensitively), its params are merged over the client's (a name
@@ -356,6 +387,7 @@ class MeshClient:
         params: QueryParamTypes | None = None,
         auth: AuthTypes | None = None,
         event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._rt = _Runtime(
             settings if settings is not None else MeshSettings(),
@@ -367,6 +399,7 @@ class MeshClient:
             params=params,
             auth=auth,
             event_hooks=event_hooks,
+            tracer_provider=tracer_provider,
         )
         self._inbound: InboundContext | None = None
         self._owner = True
@@ -475,8 +508,9 @@ class MeshClient:
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
         events = rt.events
-        # Durations are for event subscribers only: no clock reads when nobody listens.
-        start = rt.clock.now() if events._handlers else 0.0
+        observe = rt.observe
+        # Durations are for the latency histogram and event subscribers: no clock reads when neither wants them.
+        start = rt.clock.now() if observe or events._handlers else 0.0
         state.requests += 1
         try:
             if state.sync_pending and not state.balancer.endpoints:  # discovery has not answered for it yet
@@ -484,15 +518,21 @@ class MeshClient:
             response = await _dispatch(rt, http, method, url, kwargs, stream=False)
         except MeshError as exc:
             state.failures += 1
+            if observe:
+                state.durations.observe_call(method, None, rt.clock.now() - start)
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             if fallback is not MISSING and state.fallback_enabled:
+                self._fell_back(service, None, exc)
                 return await call_fallback(fallback, exc, request_of(exc))
             raise
         status = response.status_code
+        if observe:
+            state.durations.observe_call(method, status, rt.clock.now() - start)
         if status >= 500:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
             if fallback is not MISSING and state.fallback_enabled:
+                self._fell_back(service, status, None)
                 return await _status_fallback(fallback, service, response)
         else:
             state.successes += 1
@@ -517,6 +557,11 @@ class MeshClient:
                 name, RequestEvent(ctx.service.name, endpoint, method, status, duration, ctx.attempts, error)
             )
 
+    def _fell_back(self, service: str, status: int | None, error: BaseException | None) -> None:
+        events = self._rt.events
+        if events.wants(FALLBACK_USED):
+            events.emit(FALLBACK_USED, FallbackUsed(service, None, status, error))
+
     @asynccontextmanager
     async def stream(
         self,
@@ -539,24 +584,31 @@ class MeshClient:
         ctx.stream = True
         state.requests += 1
         events = rt.events
-        start = rt.clock.now() if events._handlers else 0.0
+        observe = rt.observe
+        start = rt.clock.now() if observe or events._handlers else 0.0
         try:
             if state.sync_pending and not state.balancer.endpoints:
                 await rt.registry.wait_for_first_sync(state, ctx.deadline)
             response = await _dispatch(rt, http, method, url, kwargs, stream=True)
         except MeshError as exc:
             state.failures += 1
+            if observe:
+                state.durations.observe_call(method, None, rt.clock.now() - start)
             self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
             if fallback is MISSING or not state.fallback_enabled:
                 raise
+            self._fell_back(service, None, exc)
             response = await call_fallback(fallback, exc, request_of(exc))
             yield response
             return
         status = response.status_code
+        if observe:
+            state.durations.observe_call(method, status, rt.clock.now() - start)
         if status >= 500:
             state.failures += 1
             self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
             if fallback is not MISSING and state.fallback_enabled:
+                self._fell_back(service, status, None)
                 await response.aclose()
                 yield await _status_fallback(fallback, service, response)
                 return
@@ -592,10 +644,30 @@ class MeshClient:
 
     # ------------------------------------------------------------------------ seed-style helpers
 
-    def on(self, name: str, handler: EventHandler) -> Callable[[], None]:
-        """Subscribe to an event (``"request-success"``, ``"request-failure"``,
-        ``"service-mesh:retry:attempt"``, ``"service-mesh:retry:max-reached"``); returns an unsubscriber."""
+    @overload
+    def on(self, name: str, handler: H) -> Callable[[], None]: ...
+
+    @overload
+    def on(self, name: str, handler: None = None) -> Callable[[H], H]: ...
+
+    def on(self, name: str, handler: H | None = None) -> Callable[[], None] | Callable[[H], H]:
+        """Subscribe ``handler`` (sync or async, taking the event) to the event ``name``, e.g.
+        ``"request-failure"`` or ``"circuit-breaker:open"`` (``fastapi_mesh.events.EVENTS``; the older names in
+        ``ALIASES`` work too); returns a function that unsubscribes it. Without ``handler``, a decorator:
+
+        >>> client = MeshClient()
+        >>> @client.on("circuit-breaker:open")
+        ... async def page(event) -> None: ...
+        """
+        if name not in EVENTS and name not in ALIASES:
+            raise ValueError(f"no event {name!r}; the events are {', '.join(sorted(EVENTS))}")
+        if handler is None:
+            return self._rt.events.on(name)
         return self._rt.events.on(name, handler)
+
+    def off(self, name: str, handler: EventHandler) -> None:
+        """Unsubscribe ``handler`` from ``name`` (what the function ``on`` returned does)."""
+        self._rt.events.off(name, handler)
 
     def circuit_breaker(self, service: str) -> CircuitBreaker:
         """The breaker of ``service``, for reading its ``state`` or ``force_open()`` / ``disable()`` / ``reset()``."""
@@ -639,6 +711,56 @@ class MeshClient:
                 name: s.active_check.as_dict() for name, s in services.items() if s.active_check is not None
             },
         }
+
+    def status(self) -> dict[str, Any]:
+        """What ``/mesh/status`` answers: ``get_metrics()``'s sections, plus ``generated_at`` (Unix time),
+        ``metrics`` (whether calls are timed) and ``services``: per upstream service, at a glance, its breaker
+        state, request counts, calls in flight, call durations (a histogram: ``bounds`` in seconds and
+        ``counts`` per bucket, the last one above the last bound; None with ``observability.metrics`` off),
+        endpoints (each with ``state``: ``healthy``, ``unhealthy`` (failing active checks) or ``ejected``),
+        retry budget, bulkhead and discovery sync. The layout is in docs/operations.md."""
+        document = self.get_metrics()
+        sync = document["discovery"]["services"]
+        observed = self._rt.observe
+        services: dict[str, Any] = {}
+        for name, state in self._rt.registry.known().items():
+            breaker = document["circuit_breakers"][name]
+            budget = document["retry"][name]["budget"]
+            ejections = state.balancer.outlier.as_dict()
+            endpoints = []
+            for endpoint in state.balancer.endpoints:
+                outlier = ejections.get(endpoint.url)
+                ejected = bool(outlier and outlier["ejected"])
+                endpoints.append(
+                    {
+                        "url": endpoint.url,
+                        "state": "ejected" if ejected else "healthy" if endpoint.healthy else "unhealthy",
+                        "weight": endpoint.weight,
+                        "zone": endpoint.endpoint.zone,
+                        "in_flight": endpoint.in_flight,
+                        "requests": endpoint.requests,
+                        "failures": endpoint.failures,
+                        "ewma_ms": round(endpoint.ewma * 1000, 3),
+                        "ejections": outlier["ejections"] if outlier else 0,
+                        "ejected_for_s": outlier["ejected_for_s"] if outlier else 0.0,
+                    }
+                )
+            merged = state.durations.merged()
+            services[name] = {
+                "breaker": breaker["state"],
+                "failure_rate": breaker["failure_rate"],
+                "requests": {"total": state.requests, "successes": state.successes, "failures": state.failures},
+                "in_flight": sum(e.in_flight for e in state.balancer.endpoints),
+                "durations": {"bounds": list(state.durations.buckets), "counts": merged[:-1], "sum": merged[-1]}
+                if observed
+                else None,
+                "endpoints": endpoints,
+                "retries": state.retries,
+                "retry_budget": {"available": budget["available"], "exhausted": budget["exhausted"]},
+                "bulkhead": state.bulkhead.as_dict() if state.bulkhead is not None else None,
+                "discovery": sync.get(name),
+            }
+        return {**document, "generated_at": time.time(), "metrics": observed, "services": services}
 
 
 def _dispatch(

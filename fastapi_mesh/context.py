@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from starlette.requests import cookie_parser
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from .balancing.balancer import EndpointState
     from .registry import ServiceState
 
@@ -46,6 +48,7 @@ class CallContext:
         "group",
         "inbound",
         "service",
+        "span",
         "stream",
         "timed",
         "tried",
@@ -73,6 +76,8 @@ class CallContext:
         #: The balancer's routing choice (a subset of the endpoints, or all of them), made at the first
         #: attempt and kept for the call's retries and hedges. Opaque outside the balancer.
         self.group: object | None = None
+        #: The recording client span of the request being sent (tracing on), for the layers' span events.
+        self.span: Span | None = None
 
     def new_hop(self) -> None:
         """A followed redirect starts over: attempts and endpoints tried count per hop; the deadline stays."""

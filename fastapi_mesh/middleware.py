@@ -6,7 +6,13 @@ Records the inbound caller, deadline header and trace headers for outbound calls
 request (``Depends(get_mesh)`` gets the same without this middleware), turns a ``MeshError`` that
 escapes a route into 503 with ``Retry-After`` (a deadline into 504) instead of a 500, and counts each
 request in ``mesh_inbound_requests_total`` and ``mesh_inbound_request_duration_seconds`` by method, route
-template and status (the mesh's own probe, status and metrics routes are not counted).
+template and status, and those being served in ``mesh_inbound_requests_in_progress`` (the mesh's own probe,
+status and metrics routes are not counted).
+
+With ``observability.tracing`` on, each request (but those to the mesh's own routes) is served inside a
+``SERVER`` span continuing the caller's ``traceparent``, current while the app runs, so the mesh's client
+spans are its children; when opentelemetry-instrumentation-fastapi (or any other instrumentation) made a
+server span already, that one stays the only one (see ``fastapi_mesh.observability.tracing``).
 
 When some upstream's affinity is keyed on a cookie (``load_balancer.affinity_key: "cookie:<name>"``) and
 a request without that cookie makes an outbound call keyed on it, the call gets a fresh random value for it
@@ -47,6 +53,10 @@ class MeshMiddleware:
         #: The mesh's probe, status and metrics routes (by endpoint: ``include_router`` copies the routes),
         #: not counted as the service's traffic.
         self.own_endpoints = frozenset(getattr(route, "endpoint", None) for route in mesh.router.routes)
+        #: Server spans for inbound requests (``observability.tracing``), or None.
+        self.tracing = mesh.client._rt.tracing
+        #: The paths of the mesh's own routes (as ``app.include_router(mesh.router)`` serves them): not traced.
+        self.untraced = frozenset(str(getattr(route, "path", "")) for route in mesh.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +71,10 @@ class MeshMiddleware:
         started = False
         status = 500  # what the client gets when the app fails before answering
         began = time.perf_counter()
+        in_progress = self.mesh.inbound.enter(scope["path"])  # mesh_inbound_requests_in_progress
+        server = None
+        if self.tracing is not None:
+            server = self.tracing.server_span(scope, self.untraced)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started, status
@@ -75,11 +89,21 @@ class MeshMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except MeshError as exc:
+            if server is not None:
+                server.error = exc
             if started:
                 raise
             await mesh_error_response(exc)(scope, receive, send_wrapper)  # with the cookie the calls used
+        except BaseException as exc:
+            if server is not None:
+                server.error = exc
+            raise
         finally:
             reset_inbound(token)
+            if in_progress:
+                self.mesh.inbound.exit()
+            if server is not None:
+                server.end(scope, status)
             route = scope.get("route")
             if getattr(route, "endpoint", None) not in self.own_endpoints or route is None:
                 template = getattr(route, "path", None)

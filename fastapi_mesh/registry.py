@@ -17,6 +17,7 @@ from .clock import Clock
 from .discovery.base import Endpoint
 from .errors import NoHealthyEndpoints
 from .events import ENDPOINTS_CHANGED, EndpointsChanged, EventBus
+from .observability.metrics import CallDurations
 from .resilience.breaker import CircuitBreaker
 from .resilience.budget import RetryBudget
 from .resilience.bulkhead import Bulkhead
@@ -50,6 +51,7 @@ class ServiceState:
         "breaker",
         "budget",
         "bulkhead",
+        "durations",
         "failures",
         "fallback_enabled",
         "hedges",
@@ -89,7 +91,7 @@ class ServiceState:
         self.breaker = CircuitBreaker(name, policy.circuit_breaker, clock, events)
         limits = policy.bulkhead
         self.bulkhead = (
-            Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+            Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout, events=events)
             if limits.max_concurrent is not None
             else None
         )
@@ -110,6 +112,8 @@ class ServiceState:
         self.failures = 0
         self.retries = 0
         self.retries_exhausted = 0
+        #: Call durations by method and status class (``mesh_upstream_request_duration_seconds``).
+        self.durations = CallDurations()
         #: Discovery has published a set for this service at least once.
         self.synced = False
         #: Its first sync is still to come: a call finding no endpoints waits for it (boundedly).

@@ -22,7 +22,7 @@ import httpx
 
 from .balancing.transport import BalancerTransport
 from .clock import Clock
-from .connection import build_transport
+from .connection import ClientTLS, build_transport
 from .events import EventBus
 from .resilience.attempt import AttemptTransport
 from .resilience.breaker import CircuitBreakerTransport
@@ -31,16 +31,23 @@ from .resilience.deadline import DeadlineTransport
 from .resilience.retry import RetryTransport
 from .settings import MeshSettings, MtlsConfig
 
-__all__ = ["build_connection_pool", "build_stack"]
+__all__ = ["build_client_tls", "build_connection_pool", "build_ssl_context", "build_stack"]
 
+
+def build_client_tls(settings: MeshSettings) -> ClientTLS | None:
+    """With ``mtls.enabled``: the mesh's outbound mTLS (client certificate, CA, TLS 1.2+, the servers'
+    identities per service, rotation); None without. Files that cannot be loaded fail here, naming the
+    setting."""
+    return ClientTLS.from_settings(settings) if settings.mtls.enabled else None
 
 
 def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
-    """The TLS context for ``https`` endpoints: the mesh CA and client certificate when mTLS is on."""
-    mtls = settings.mtls
-    if not mtls.enabled:
-        return True
-    return client_tls_context(mtls, cafile=mtls.ca_path)
+    """The TLS context for ``https`` endpoints: with mTLS, the mesh CA and client certificate, TLS 1.2 or
+    newer, and the server identity check (``mtls.expected_identities``, else the trust domain); else
+    True (httpx's default store). A snapshot: the connection pool's context follows rotation, this one
+    does not."""
+    tls = build_client_tls(settings)
+    return True if tls is None else tls.context
 
 
 def client_tls_context(
@@ -63,13 +70,17 @@ def client_tls_context(
     return context
 
 
-def build_connection_pool(settings: MeshSettings) -> httpx.AsyncBaseTransport:
+def build_connection_pool(settings: MeshSettings, *, tls: ClientTLS | None = None) -> httpx.AsyncBaseTransport:
     """The innermost layer ``connection.backend`` names: keep-alive pools per endpoint, no connection cap
-    (the balancer enforces ``max_connections_per_instance``), the mesh's TLS context for ``https``."""
-    verify = build_ssl_context(settings)
-    if not isinstance(verify, ssl.SSLContext):  # httpx's default store, as httpx.AsyncHTTPTransport builds it
-        verify = httpx.create_ssl_context(trust_env=settings.connection.trust_env)
-    return build_transport(settings.connection, verify)
+    (the balancer enforces ``max_connections_per_instance``), the mesh's TLS for ``https``: with mTLS one
+    rotating context shared by every pool and the server identity check (``tls``, to share one already
+    made; else made here), else httpx's default store."""
+    if tls is None:
+        tls = build_client_tls(settings)
+    if tls is not None:
+        return build_transport(settings.connection, tls.context, tls=tls)
+    # httpx's default store, as httpx.AsyncHTTPTransport builds it
+    return build_transport(settings.connection, httpx.create_ssl_context(trust_env=settings.connection.trust_env))
 
 
 def build_stack(

@@ -7,6 +7,7 @@ set -euo pipefail
 declare -A NEEDED=(
   [promtool]=prometheus
   [dnsmasq]=dnsmasq-base
+  [chromium]=chromium
 )
 
 missing=()

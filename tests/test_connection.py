@@ -198,7 +198,13 @@ def _issue(directory: Path, stem: str, issuer: Issuer | None, *, usage: Any = No
     else:
         builder = builder.issuer_name(issuer[1].subject)
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+            x509.SubjectAlternativeName(
+                [
+                    x509.UniformResourceIdentifier(f"spiffe://cluster.local/ns/default/sa/{stem}"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            False,
         )
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage or ExtendedKeyUsageOID.SERVER_AUTH]), False)
         cert = builder.sign(issuer[0], hashes.SHA256())

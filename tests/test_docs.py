@@ -15,6 +15,7 @@ from types import ModuleType
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -150,8 +151,17 @@ def test_metric_table_matches_exposed_metrics() -> None:
     )
 
     async def one_call() -> None:
-        async with mesh.client:
+        app = FastAPI()
+
+        @app.get("/api/items/{item_id}")
+        @mesh.policy(bulkhead=4)  # a route bulkhead: its series, by route template
+        async def item(item_id: int) -> int:
+            return item_id
+
+        async with mesh.lifespan(app):
             await mesh.client.get("users", "/")
+            mesh.client.circuit_breaker("users").force_open()  # breaker transitions
+            mesh.client.circuit_breaker("users").reset()
 
     asyncio.run(one_call())
     mesh.inbound.observe("GET", "/api/users/{user_id}", 200, 0.01)  # what MeshMiddleware records

@@ -13,6 +13,9 @@ Both raise httpx's own exceptions in the same situations (``ConnectError`` and `
 while no byte of the request can have left, ``ReadTimeout``, ``RemoteProtocolError`` ...), so the retry
 layer's at-most-once rule and the breaker see the same failures whichever backend runs. Neither has a
 pool-wide connection cap: the balancer enforces ``load_balancer.max_connections_per_instance``.
+
+With mTLS both take a :class:`~fastapi_mesh.connection.tls.ClientTLS`: one shared context, the server's
+identity checked in every handshake (``ServerIdentityMismatch``, "not sent"), files re-read on rotation.
 """
 
 from __future__ import annotations
@@ -26,11 +29,21 @@ from typing import TYPE_CHECKING
 import httpx
 
 from .per_origin import PerOriginTransport
+from .tls import ClientTLS, ExpectedIdentities, ServerIdentityMismatch
 
 if TYPE_CHECKING:
     from ..settings import ConnectionConfig
 
-__all__ = ["KEEPALIVE_CONNECTIONS", "KEEPALIVE_EXPIRY", "PerOriginTransport", "ProxyChooser", "build_transport"]
+__all__ = [
+    "KEEPALIVE_CONNECTIONS",
+    "KEEPALIVE_EXPIRY",
+    "ClientTLS",
+    "ExpectedIdentities",
+    "PerOriginTransport",
+    "ProxyChooser",
+    "ServerIdentityMismatch",
+    "build_transport",
+]
 
 #: Idle connections kept per origin; the per-endpoint limit is enforced by the balancer, not here.
 KEEPALIVE_CONNECTIONS = 100
@@ -91,8 +104,11 @@ def _bypassed(host: str, no_proxy: str) -> bool:
     return False
 
 
-def build_transport(config: ConnectionConfig, ssl_context: ssl.SSLContext) -> httpx.AsyncBaseTransport:
-    """The innermost layer ``config.backend`` names, verifying ``https`` endpoints with ``ssl_context``."""
+def build_transport(
+    config: ConnectionConfig, ssl_context: ssl.SSLContext, *, tls: ClientTLS | None = None
+) -> httpx.AsyncBaseTransport:
+    """The innermost layer ``config.backend`` names, verifying ``https`` endpoints with ``ssl_context``, or
+    with ``tls`` (mTLS: its rotating context and the servers' identities) when given."""
     proxy = config.proxy.get_secret_value() if config.proxy is not None else None
     proxies = ProxyChooser(proxy, trust_env=config.trust_env)
     limits = httpx.Limits(
@@ -105,7 +121,7 @@ def build_transport(config: ConnectionConfig, ssl_context: ssl.SSLContext) -> ht
             from .aiohttp_transport import AiohttpTransport
         except ImportError as exc:  # pragma: no cover - aiohttp is a dependency
             raise ValueError(f"connection.backend 'aiohttp' needs the aiohttp package: {exc}") from exc
-        return AiohttpTransport(ssl_context=ssl_context, limits=limits, proxies=proxies)
+        return AiohttpTransport(ssl_context=ssl_context, limits=limits, proxies=proxies, tls=tls)
     if config.http2 and importlib.util.find_spec("h2") is None:
         raise ValueError("connection.http2 needs the 'h2' package: pip install 'fastapi-mesh[http2]'")
-    return PerOriginTransport(ssl_context=ssl_context, limits=limits, http2=config.http2, proxies=proxies)
+    return PerOriginTransport(ssl_context=ssl_context, limits=limits, http2=config.http2, proxies=proxies, tls=tls)

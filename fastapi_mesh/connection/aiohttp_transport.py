@@ -32,6 +32,7 @@ from yarl import URL
 
 if TYPE_CHECKING:
     from . import ProxyChooser
+    from .tls import ClientTLS, ExpectedIdentities
 
 __all__ = ["AiohttpTransport", "translate_error"]
 
@@ -116,6 +117,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     the TLS handshake, ``read`` each wait for data (as httpcore); there is no pool wait to bound, and
     aiohttp has no write timeout.
 
+    With ``tls`` (mTLS), ``https`` requests connect with its current context and check the server's
+    identity in the handshake; services expecting different identities get connectors of their own.
+
     >>> import ssl
     >>> transport = AiohttpTransport(ssl_context=ssl.create_default_context())
     >>> transport.session is None  # nothing binds to a loop before the first request
@@ -128,21 +132,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext,
         limits: httpx.Limits | None = None,
         proxies: ProxyChooser | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self._ssl_context = ssl_context
         self._keepalive_expiry = (limits or httpx.Limits()).keepalive_expiry
         self._proxies = proxies
         self._proxy_of: dict[tuple[str, str, int | None], str | None] = {}
+        self._tls = tls
+        #: The session for plain requests and for services expecting the default identities.
         self.session: aiohttp.ClientSession | None = None
+        #: Sessions for services expecting other identities, one per set (their connections stay apart).
+        self._partitions: dict[ExpectedIdentities, aiohttp.ClientSession] = {}
         self._closed = False
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self, expected: ExpectedIdentities | None = None) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=0,
-            ssl=self._ssl_context,
+            ssl=self._ssl_context if self._tls is None else self._tls.context,
             keepalive_timeout=self._keepalive_expiry if self._keepalive_expiry is not None else 30.0,
             timeout_ceil_threshold=_NO_ROUNDING,
         )
@@ -160,7 +169,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # retries are the retry layer's (budget, backoff, another endpoint), so each attempt is sent once.
         if hasattr(session, "_retry_connection"):
             session._retry_connection = False
-        self.session = session
+        if expected is None:
+            self.session = session
+        else:
+            self._partitions[expected] = session
         return session
 
     def _proxy(self, url: httpx.URL) -> str | None:
@@ -176,7 +188,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             return proxy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self.session or self._open()
+        tls = self._tls
+        if tls is not None and request.url.scheme == "https":
+            return await self._handle_tls(request, tls)
+        return await self._send(self.session or self._open(), request, True)
+
+    async def _handle_tls(self, request: httpx.Request, tls: ClientTLS) -> httpx.Response:
+        proxy = self._proxy(request.url)
+        context, expected, token = tls.enter(request, URL(proxy).host if proxy is not None else None)
+        try:
+            if expected is tls.default:
+                session = self.session or self._open()
+            else:
+                session = self._partitions.get(expected) or self._open(expected)
+            return await self._send(session, request, context)
+        except httpx.ConnectError as exc:
+            mismatch = tls.mismatch(exc, request)
+            if mismatch is None:
+                raise
+            raise mismatch from exc
+        finally:
+            tls.leave(token)
+
+    async def _send(
+        self, session: aiohttp.ClientSession, request: httpx.Request, ssl_option: ssl.SSLContext | bool
+    ) -> httpx.Response:
         timeouts = request.extensions.get("timeout") or {}
         connect = timeouts.get("connect")
         stream = request.stream
@@ -209,6 +245,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     ceil_threshold=_NO_ROUNDING,
                 ),
                 proxy=self._proxy(request.url),
+                ssl=ssl_option,
                 server_hostname=request.extensions.get("sni_hostname"),
             )
         except (aiohttp.ClientError, OSError) as exc:
@@ -232,8 +269,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self._closed = True
         session, self.session = self.session, None
-        if session is not None:
-            await session.close()
+        partitions, self._partitions = self._partitions, {}
+        for open_session in (session, *partitions.values()):
+            if open_session is not None:
+                await open_session.close()
 
 
 async def _chunks(stream: Any) -> AsyncIterator[bytes]:

@@ -1,5 +1,14 @@
-"""Observability: Prometheus metrics (and, later, traces) fed by the mesh's events and state."""
+"""Observability: Prometheus metrics fed by the mesh's events and state, and OpenTelemetry traces (``.tracing``)."""
 
-from .metrics import MeshCollector, build_registry
+from .metrics import CallDurations, InboundMetrics, MeshCollector, build_registry
+from .multiprocess import MultiprocessWriter, mark_process_dead, multiprocess_dir
 
-__all__ = ["MeshCollector", "build_registry"]
+__all__ = [
+    "CallDurations",
+    "InboundMetrics",
+    "MeshCollector",
+    "MultiprocessWriter",
+    "build_registry",
+    "mark_process_dead",
+    "multiprocess_dir",
+]

@@ -1,10 +1,20 @@
 """Prometheus metrics from a registry owned by one Mesh (never the global one).
 
-Mesh state is read at scrape time by a collector, so the request path only bumps plain integers.
+Mesh state is read at scrape time by collectors, so the request path only bumps plain numbers: a call's
+duration goes into the ``CallDurations`` of its service (a bisection and two additions), an inbound
+request into ``InboundMetrics``. Labels stay bounded: services the mesh knows, methods from
+``KNOWN_METHODS``, status classes, route templates; endpoint URLs only on per-endpoint gauges.
+
+>>> durations = CallDurations()
+>>> durations.observe_call("GET", 200, 0.004)
+>>> durations.observe_call("get", None, 0.2)          # no response: code_class "error"
+>>> sorted(durations.series)
+[('GET', '2xx'), ('GET', 'error')]
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -12,27 +22,118 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from ..client import MeshClient
+    from ..resilience.bulkhead import Bulkhead
 
-__all__ = ["InboundMetrics", "MeshCollector", "build_registry"]
+__all__ = [
+    "INBOUND_BUCKETS",
+    "KNOWN_METHODS",
+    "UPSTREAM_BUCKETS",
+    "AuthorizationMetrics",
+    "CallDurations",
+    "Durations",
+    "InboundMetrics",
+    "MeshCollector",
+    "build_registry",
+]
 
 BREAKER_STATES = ("closed", "open", "half-open", "forced-open", "disabled")
+#: Seconds; from a call answered on loopback to the longest a call should be allowed to take.
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds; from a fast in-process answer to the slowest a route should take.
+INBOUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Methods kept as label values; any other is counted as ``OTHER`` (the label set stays bounded).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The ``route`` label of a request that matched no route (a 404): never the raw path, which is unbounded.
+UNMATCHED = "<unmatched>"
+#: ``code_class`` of a call that got no response (it ended in a ``MeshError``).
+NO_RESPONSE = "error"
+_CODE_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_METHODS = {**{m: m for m in KNOWN_METHODS}, **{m.lower(): m for m in KNOWN_METHODS}}
+
+
+class Durations:
+    """A histogram without locks or label objects: per label tuple, counts per bucket and their sum.
+
+    ``series[labels]`` is ``[count in bucket 0, ..., count above the last bound, sum of the values]``.
+
+    >>> d = Durations((0.1, 1.0))
+    >>> d.observe(("x",), 0.05); d.observe(("x",), 0.5); d.observe(("x",), 3.0)
+    >>> d.series[("x",)], d.cumulative(("x",))
+    ([1.0, 1.0, 1.0, 3.55], [1.0, 2.0, 3.0])
+    """
+
+    __slots__ = ("buckets", "series")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
+        row = self.series.get(labels)
+        if row is None:
+            row = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        row[bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def cumulative(self, labels: tuple[str, ...]) -> list[float]:
+        """Counts at or below each bound, ``+Inf`` last, as Prometheus exposes them."""
+        total = 0.0
+        counts = []
+        for count in self.series[labels][:-1]:
+            total += count
+            counts.append(total)
+        return counts
+
+    def add_to(self, family: HistogramMetricFamily, prefix: tuple[str, ...] = ()) -> None:
+        """Each series as a sample of ``family``, its label values after ``prefix``."""
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for labels, row in list(self.series.items()):
+            family.add_metric([*prefix, *labels], list(zip(bounds, self.cumulative(labels), strict=True)), row[-1])
+
+    def merged(self) -> list[float]:
+        """Every series added up: ``[count per bucket ..., sum]`` (zeros when there is none)."""
+        total = [0.0] * (len(self.buckets) + 2)
+        for row in self.series.values():
+            for i, value in enumerate(row):
+                total[i] += value
+        return total
+
+
+class CallDurations(Durations):
+    """One upstream service's call durations by ``(method, code_class)``, observed once per call: from its
+    start to its final answer (after retries and hedges; for a stream, when the response head arrives)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(UPSTREAM_BUCKETS)
+
+    def observe_call(self, method: str, status: int | None, seconds: float) -> None:
+        """Note one call; ``status`` None: it ended without a response (``code_class="error"``)."""
+        name = _METHODS.get(method)
+        if name is None:
+            name = method.upper() if method.upper() in KNOWN_METHODS else "OTHER"
+        code = NO_RESPONSE if status is None else _CODE_CLASSES.get(status // 100, "other")
+        self.observe((name, code), seconds)
 
 
 class MeshCollector(Collector):
-    """Reads the client's per-service and per-endpoint state when Prometheus scrapes."""
+    """Reads the client's per-service and per-endpoint state when Prometheus scrapes, and the route
+    bulkheads the Mesh found on its app (``route_bulkheads``: route template -> bulkhead)."""
 
     def __init__(self, client: MeshClient) -> None:
         self._client = client
+        self.route_bulkheads: dict[str, Bulkhead] = {}
 
     def collect(self) -> Iterator[Metric]:
         settings = self._client.settings
@@ -83,16 +184,39 @@ class MeshCollector(Collector):
             "Failed active health checks of the service's endpoints",
             labels=["service"],
         )
+        durations = HistogramMetricFamily(
+            "mesh_upstream_request_duration_seconds",
+            "Calls to upstream services from start to final answer (after retries), by method and status class",
+            labels=["service", "method", "code_class"],
+        )
+        transitions = CounterMetricFamily(
+            "mesh_circuit_breaker_transitions",
+            "Circuit breaker state changes, by the state left and the state entered",
+            labels=["service", "from_state", "to_state"],
+        )
+        ejections = CounterMetricFamily(
+            "mesh_outlier_ejections", "Endpoints ejected as outliers (each ejection counted)", labels=["service"]
+        )
+        bulkhead_in_flight = GaugeMetricFamily(
+            "mesh_bulkhead_in_flight",
+            "Calls holding a bulkhead slot now: a service's bulkhead (name: the service) or a route's (its template)",
+            labels=["name"],
+        )
         for name, state in services.items():
             current = state.breaker.state
             for breaker_state_name in BREAKER_STATES:
                 breaker_state.add_metric([name, breaker_state_name], 1.0 if current == breaker_state_name else 0.0)
             breaker_trips.add_metric([name], state.breaker.as_dict()["trips"])
+            for (left, entered), count in state.breaker.transitions.items():
+                transitions.add_metric([name, left, entered], count)
+            state.durations.add_to(durations, (name,))
+            ejections.add_metric([name], state.balancer.outlier.ejections_total)
             ejected.add_metric([name], state.balancer.outlier.ejected_count())
             budget_refused.add_metric([name], state.budget.exhausted_count)
             hedges.add_metric([name], state.hedges)
             if state.bulkhead is not None:
                 bulkhead_rejected.add_metric([name], state.bulkhead.rejected)
+                bulkhead_in_flight.add_metric([name], state.bulkhead.active)
             checker = state.active_check
             check_failures.add_metric([name], checker.failed_checks if checker is not None else 0)
             requests.add_metric([name, "success"], state.successes)
@@ -107,6 +231,15 @@ class MeshCollector(Collector):
                 ewma.add_metric([name, endpoint.url], endpoint.ewma)
         yield from (requests, retries, exhausted, endpoints, in_flight, ewma)
         yield from (breaker_state, breaker_trips, ejected, budget_refused, hedges, bulkhead_rejected, check_failures)
+        route_rejected = CounterMetricFamily(
+            "mesh_route_bulkhead_rejected",
+            "Requests refused by a route's bulkhead (@mesh.policy(bulkhead=...)), by route template",
+            labels=["route"],
+        )
+        for route, bulkhead in list(self.route_bulkheads.items()):
+            route_rejected.add_metric([route], bulkhead.rejected)
+            bulkhead_in_flight.add_metric([route], bulkhead.active)
+        yield from (durations, transitions, ejections, bulkhead_in_flight, route_rejected)
         yield from self._discovery()
 
     def _discovery(self) -> Iterator[Metric]:
@@ -135,48 +268,111 @@ class MeshCollector(Collector):
         yield from (errors, last_sync, stale)
 
 
-def build_registry(client: MeshClient) -> CollectorRegistry:
-    """A fresh registry with the process, platform and GC collectors and the mesh's own."""
+def build_registry(
+    client: MeshClient, *, collector: MeshCollector | None = None, process: bool = True
+) -> CollectorRegistry:
+    """A fresh registry with the process, platform and GC collectors (unless ``process`` is False: with
+    several worker processes they would describe only the one that answers) and the mesh's own."""
     registry = CollectorRegistry(auto_describe=True)
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    registry.register(MeshCollector(client))
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    registry.register(collector if collector is not None else MeshCollector(client))
     return registry
 
 
-#: Seconds; from a fast in-process answer to the slowest a route should take.
-INBOUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Methods kept as label values; any other is counted as ``OTHER`` (the label set stays bounded).
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-#: The ``route`` label of a request that matched no route (a 404): never the raw path, which is unbounded.
-UNMATCHED = "<unmatched>"
-
-
-class InboundMetrics:
-    """Requests this service answered, by method, route template and status, and their durations.
+class InboundMetrics(Collector):
+    """Requests this service answered, by method, route template and status, their durations, and the
+    requests being served now; recorded by ``MeshMiddleware``, collected when Prometheus scrapes.
 
     Labels are bounded by the application: the route is the matched route's template
-    (``/api/users/{user_id}``), never the raw path.
+    (``/api/users/{user_id}``), never the raw path. ``enabled=False`` (``observability.metrics: false``)
+    records nothing. ``own_paths`` (the mesh's probe, status and metrics routes) are not counted in progress.
+
+    >>> inbound = InboundMetrics()
+    >>> inbound.enter("/api/users/7"), inbound.in_progress
+    (True, 1)
+    >>> inbound.exit(); inbound.observe("GET", "/api/users/{user_id}", 200, 0.003)
+    >>> inbound.requests, inbound.in_progress
+    ({('GET', '/api/users/{user_id}', '200'): 1}, 0)
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        enabled: bool = True,
+        own_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.enabled = enabled
+        #: Paths whose requests are not counted in progress (the mesh's own routes).
+        self.own_paths = own_paths
+        #: ``(method, route, status) -> count``.
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations = Durations(INBOUND_BUCKETS)
+        self.in_progress = 0
+        if registry is not None:
+            registry.register(self)
+
+    def enter(self, path: str) -> bool:
+        """A request arrived; True when it is counted in progress (then call ``exit`` when it ends)."""
+        if not self.enabled or path in self.own_paths:
+            return False
+        self.in_progress += 1
+        return True
+
+    def exit(self) -> None:
+        self.in_progress -= 1
+
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        method = method if method in KNOWN_METHODS else "OTHER"
+        route = route if route is not None else UNMATCHED
+        key = (method, route, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.durations.observe((method, route), seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.enabled:
+            return
+        requests = CounterMetricFamily(
+            "mesh_inbound_requests",
+            "Requests this service answered, by method, route template and status",
+            labels=["method", "route", "status"],
+        )
+        for labels, count in list(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        duration = HistogramMetricFamily(
+            "mesh_inbound_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by method and route template",
+            labels=["method", "route"],
+        )
+        self.durations.add_to(duration)
+        in_progress = GaugeMetricFamily(
+            "mesh_inbound_requests_in_progress", "Requests being served now (the mesh's own routes left out)"
+        )
+        in_progress.add_metric([], self.in_progress)
+        yield from (requests, duration, in_progress)
+
+
+class AuthorizationMetrics:
+    """Requests refused because of the caller's identity (``mtls.allow``, a route's ``allow``,
+    ``require_identity``, a non-probe path on the plain port), by route template.
+
+    The ``<unmatched>`` series (requests matching no route) exists from the start at 0, so an alert on
+    ``increase(mesh_authorization_denied_total[5m]) > 0`` has a series before the first denial.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "mesh_inbound_requests",
-            "Requests this service answered, by method, route template and status",
-            ["method", "route", "status"],
+        self.counter = Counter(
+            "mesh_authorization_denied",
+            "Requests refused because of the caller's identity, by route template",
+            ["route"],
             registry=registry,
         )
-        self.duration = Histogram(
-            "mesh_inbound_request_duration_seconds",
-            "Time from a request's arrival to the end of its answer, by method and route template",
-            ["method", "route"],
-            buckets=INBOUND_BUCKETS,
-            registry=registry,
-        )
+        self.counter.labels(UNMATCHED)
 
-    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
-        method = method if method in KNOWN_METHODS else "OTHER"
-        route = route if route is not None else UNMATCHED
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+    def denied(self, route: str | None) -> None:
+        self.counter.labels(route if route is not None else UNMATCHED).inc()

@@ -34,7 +34,7 @@ import httpx
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, NoHealthyEndpoints
-from ..events import EventBus
+from ..events import CIRCUIT_CLOSED, CIRCUIT_HALF_OPEN, CIRCUIT_OPEN, CIRCUIT_STATE_CHANGE, EventBus
 from ..settings import CircuitBreakerConfig
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: Event name for every state change; the payload is a ``BreakerStateChange``.
-CIRCUIT_BREAKER_STATE_CHANGE = "circuit-breaker:state-change"
+CIRCUIT_BREAKER_STATE_CHANGE = CIRCUIT_STATE_CHANGE
 
 BreakerState = Literal["closed", "open", "half-open", "forced-open", "disabled"]
 
@@ -55,6 +55,14 @@ OPEN: BreakerState = "open"
 HALF_OPEN: BreakerState = "half-open"
 FORCED_OPEN: BreakerState = "forced-open"
 DISABLED: BreakerState = "disabled"
+
+#: The event each state's arrival emits besides ``circuit-breaker:state-change`` (forced open is open too).
+_STATE_EVENTS: dict[str, str] = {
+    OPEN: CIRCUIT_OPEN,
+    FORCED_OPEN: CIRCUIT_OPEN,
+    HALF_OPEN: CIRCUIT_HALF_OPEN,
+    CLOSED: CIRCUIT_CLOSED,
+}
 
 # Outcome codes stored in the count window: bit 0 = failure, bit 1 = slow.
 _SUCCESS = 0
@@ -103,6 +111,7 @@ class CircuitBreaker:
         "_state",
         "_time_window",
         "_total_trips",
+        "_transitions",
         "_trips",
         "service",
         "times_calls",
@@ -137,6 +146,7 @@ class CircuitBreaker:
         self._probes = 0  # half-open probe calls in flight
         self._probe_successes = 0
         self._epoch = 0  # which half-open period a probe ticket belongs to
+        self._transitions: dict[tuple[BreakerState, BreakerState], int] = {}
         self._clear_window()
 
     # ---------------------------------------------------------------------------------------- hot path
@@ -277,6 +287,11 @@ class CircuitBreaker:
         """Slow calls as a percentage of the calls in the window (0.0 when the window is empty)."""
         self._expire()
         return 100.0 * self._slow / self._calls if self._calls else 0.0
+
+    @property
+    def transitions(self) -> dict[tuple[BreakerState, BreakerState], int]:
+        """How many times the breaker went from one state to another, by ``(from_state, to_state)``."""
+        return dict(self._transitions)
 
     def window(self) -> tuple[int, int, int]:
         """``(calls, failures, slow_calls)`` in the window now."""
@@ -446,18 +461,21 @@ class CircuitBreaker:
         if from_state == to_state:
             return
         self._state = to_state
+        key = (from_state, to_state)
+        self._transitions[key] = self._transitions.get(key, 0) + 1
         events = self._events
-        if events is not None and events.wants(CIRCUIT_BREAKER_STATE_CHANGE):
-            events.emit(
-                CIRCUIT_BREAKER_STATE_CHANGE,
-                BreakerStateChange(
-                    self.service,
-                    from_state,
-                    to_state,
-                    self.failure_rate if rate is None else rate,
-                    reason,
-                ),
+        if events is None:
+            return
+        specific = _STATE_EVENTS.get(to_state)
+        every = events.wants(CIRCUIT_BREAKER_STATE_CHANGE)
+        if every or (specific is not None and events.wants(specific)):
+            change = BreakerStateChange(
+                self.service, from_state, to_state, self.failure_rate if rate is None else rate, reason
             )
+            if every:
+                events.emit(CIRCUIT_BREAKER_STATE_CHANGE, change)
+            if specific is not None and events.wants(specific):
+                events.emit(specific, change)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.service!r} {self._state}>"

@@ -18,6 +18,7 @@ from .._streams import ReleasingStream
 from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import BulkheadFull, DeadlineExceeded
+from ..events import BULKHEAD_REJECTED, BulkheadRejected, EventBus
 
 __all__ = ["Bulkhead", "BulkheadTransport"]
 
@@ -25,10 +26,16 @@ __all__ = ["Bulkhead", "BulkheadTransport"]
 class Bulkhead:
     """``limit`` concurrent holders, ``queue`` waiters (each for at most ``queue_timeout`` seconds)."""
 
-    __slots__ = ("active", "limit", "name", "queue", "queue_timeout", "rejected", "scope", "waiters")
+    __slots__ = ("active", "events", "limit", "name", "queue", "queue_timeout", "rejected", "route", "scope", "waiters")
 
     def __init__(
-        self, name: str, limit: int, queue: int = 0, queue_timeout: float | None = None, scope: str = ""
+        self,
+        name: str,
+        limit: int,
+        queue: int = 0,
+        queue_timeout: float | None = None,
+        scope: str = "",
+        events: EventBus | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"bulkhead must be at least 1, not {limit}")
@@ -43,6 +50,10 @@ class Bulkhead:
         self.active = 0
         self.rejected = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
+        #: Where ``bulkhead:rejected`` goes (None: nowhere).
+        self.events = events
+        #: A route's bulkhead: the route's template (set when the Mesh's lifespan starts); None for a service's.
+        self.route: str | None = None
 
     async def acquire(self, time_left: float | None = None) -> None:
         """Take a slot, wait in the queue for one, or raise ``BulkheadFull``. ``time_left``: seconds until the
@@ -51,7 +62,7 @@ class Bulkhead:
             self.active += 1
             return
         if len(self.waiters) >= self.queue:
-            self.rejected += 1
+            self._reject("full")
             raise BulkheadFull(
                 self.name, f"{self._scope()}{self.active} running and {len(self.waiters)} queued (limit {self.limit})"
             )
@@ -71,13 +82,22 @@ class Bulkhead:
             self._abandon(waiter)
             if by_deadline:
                 raise DeadlineExceeded(self.name, f"{self._scope()}the deadline passed in the bulkhead queue") from None
-            self.rejected += 1
+            self._reject("queue timeout")
             raise BulkheadFull(
                 self.name, f"{self._scope()}no slot within the queue timeout of {self.queue_timeout}s"
             ) from None
         except BaseException:
             self._abandon(waiter)
             raise
+
+    def _reject(self, reason: str) -> None:
+        self.rejected += 1
+        events = self.events
+        if events is not None and events.wants(BULKHEAD_REJECTED):
+            events.emit(
+                BULKHEAD_REJECTED,
+                BulkheadRejected(self.name, self.route, self.limit, self.active, len(self.waiters), reason),
+            )
 
     def _scope(self) -> str:
         return f"{self.scope}: " if self.scope else ""

@@ -39,6 +39,7 @@ from ..settings import OutlierDetectionConfig
 
 __all__ = ["OUTLIER_EJECTED", "OUTLIER_RETURNED", "EndpointEjection", "OutlierDetector"]
 
+#: Also known as ``endpoint:ejected`` and ``endpoint:restored`` (``fastapi_mesh.events.ALIASES``).
 OUTLIER_EJECTED = "outlier:ejected"
 OUTLIER_RETURNED = "outlier:returned"
 
@@ -105,6 +106,7 @@ class OutlierDetector:
         "_threshold",
         "clock",
         "config",
+        "ejections_total",
         "service",
     )
 
@@ -121,6 +123,8 @@ class OutlierDetector:
         self._max = config.max_ejection_time
         self._records: dict[str, _Record] = {}
         self._ejected: set[str] = set()
+        #: Ejections made since the start (``mesh_outlier_ejections_total``).
+        self.ejections_total = 0
 
     # ------------------------------------------------------------------------------------------ hot path
 
@@ -236,6 +240,7 @@ class OutlierDetector:
         record.consecutive = 0
         record.decay_at = _NEVER
         self._ejected.add(url)
+        self.ejections_total += 1
         events = self._events
         if events is not None and events.wants(OUTLIER_EJECTED):
             events.emit(OUTLIER_EJECTED, EndpointEjection(self.service, url, record.ejections, duration))

@@ -9,7 +9,9 @@ still injects its dependencies. ``timeout`` sets the deadline that outbound call
 (capped by an inbound ``x-mesh-timeout-ms``); past it the route answers 504. A ``MeshError`` answers 503 with
 ``Retry-After``; a full route bulkhead answers 503 at once (``queue`` defaults to 0). ``fallback`` answers
 instead, for a ``MeshError``, a deadline, or an ``httpx.HTTPStatusError`` of 500 and above; a programming
-error still gives 500.
+error still gives 500. ``allow`` lists the caller identities (SPIFFE IDs, prefixes ending in ``*``) the route
+accepts: any other caller, or one without a verified client certificate, gets 403 before the handler runs (see
+``fastapi_mesh.security.identity``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -36,6 +38,8 @@ from ..context import (
     set_route_deadline,
 )
 from ..errors import DeadlineExceeded, MeshError
+from ..events import FALLBACK_USED, EventBus, FallbackUsed
+from ..security.identity import AllowList, Authorization, denied_response, identity_of, route_template
 from ..settings import parse_duration
 from .bulkhead import Bulkhead
 from .fallback import MISSING, RouteFallback, is_fallback_error
@@ -78,6 +82,8 @@ class RoutePolicy:
         bulkhead: int | None = None,
         queue: int = 0,
         fallback: Any = MISSING,
+        allow: Sequence[str] | None = None,
+        authorization: Authorization | None = None,
     ) -> None:
         self._clock = clock
         self._service_name = service_name
@@ -95,6 +101,13 @@ class RoutePolicy:
         self.bulkhead_limit = bulkhead
         self.queue = queue
         self.fallback = RouteFallback(fallback) if fallback is not MISSING else None
+        if isinstance(allow, str):
+            raise TypeError("policy allow takes a list of identities, not one string")
+        #: Caller identities the route accepts; None: any caller the server let in.
+        self.allow = AllowList(allow) if allow is not None else None
+        self._authorization = authorization if authorization is not None else Authorization()
+        #: Where ``fallback:used`` goes (the Mesh sets it when its lifespan finds the route); None: nowhere.
+        self.events: EventBus | None = None
 
     def __call__(self, handler: F) -> F:
         name = getattr(handler, "__name__", "route")
@@ -124,11 +137,19 @@ class RoutePolicy:
                 request: Request | None = kwargs.pop(_REQUEST_PARAM, None)
             else:
                 request = kwargs.get(request_param)
+            if policy.allow is not None:
+                caller = identity_of(request.scope) if request is not None else None
+                if not policy.allow.allows(caller):
+                    route = route_template(request.scope) if request is not None else name
+                    policy._authorization.denied(route, caller, "not on the route's allow list")
+                    return denied_response()
             try:
                 return await policy._run(handler, is_async, bulkhead, request, args, kwargs)
             except Exception as raised:
                 exc = _single_cause(raised)
                 if policy.fallback is not None and is_fallback_error(exc) and policy._fallback_allowed(exc):
+                    if policy.events is not None and policy.events.wants(FALLBACK_USED):
+                        policy._fell_back(policy.events, request, exc)
                     return await policy.fallback(request, exc)
                 if isinstance(exc, MeshError):
                     return mesh_error_response(exc)
@@ -136,6 +157,7 @@ class RoutePolicy:
 
         wrapper.__signature__ = signature  # type: ignore[attr-defined]
         wrapper.__mesh_policy__ = self  # type: ignore[attr-defined]
+        wrapper.__mesh_bulkhead__ = bulkhead  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     def _deadline(self, request: Request | None) -> float | None:
@@ -147,6 +169,18 @@ class RoutePolicy:
         if self.timeout is not None and (deadline is None or now + self.timeout < deadline):
             deadline = now + self.timeout
         return deadline
+
+    def _fell_back(self, events: EventBus, request: Request | None, exc: BaseException) -> None:
+        route = route_template(request.scope) if request is not None else None
+        status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+        service = self._service_name
+        if isinstance(exc, MeshError):
+            service = exc.service
+        elif isinstance(exc, httpx.HTTPStatusError):
+            ctx = exc.request.extensions.get(EXTENSION)
+            if isinstance(ctx, CallContext):
+                service = ctx.service.name
+        events.emit(FALLBACK_USED, FallbackUsed(service, route, status, exc))
 
     def _fallback_allowed(self, exc: BaseException) -> bool:
         """``circuit_breaker.fallback_enabled: false`` on the failing service turns route fallbacks off too:

@@ -19,6 +19,7 @@ from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import DeadlineExceeded, MeshError, UpstreamTimeout, UpstreamUnavailable
 from ..events import RETRY_ATTEMPT, RETRY_MAX_REACHED, EventBus, RetryEvent
+from ..observability.tracing import HEDGE_EVENT, RETRY_EVENT, RETRY_EXHAUSTED_EVENT
 from .backoff import backoff_delay, parse_retry_after
 from .hedge import hedged
 
@@ -162,6 +163,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
             return False
         ctx.attempts += 1
         ctx.service.hedges += 1
+        if ctx.span is not None:
+            ctx.span.add_event(HEDGE_EVENT, {"mesh.attempt": ctx.attempts})
         if self._events.wants(RETRY_ATTEMPT):
             self._events.emit(
                 RETRY_ATTEMPT, RetryEvent(ctx.service.name, method, ctx.attempts, 0.0, "hedge", _context(ctx, method))
@@ -184,6 +187,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     async def _pause(self, ctx: CallContext, method: str, attempt: int, delay: float, reason: str) -> None:
         ctx.service.retries += 1
+        if ctx.span is not None:
+            ctx.span.add_event(
+                RETRY_EVENT, {"mesh.attempt": attempt + 1, "mesh.retry.delay_s": delay, "mesh.retry.reason": reason}
+            )
         if self._events.wants(RETRY_ATTEMPT):
             self._events.emit(
                 RETRY_ATTEMPT,
@@ -196,6 +203,8 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     def _exhausted(self, ctx: CallContext, method: str, attempt: int, reason: str) -> None:
         ctx.service.retries_exhausted += 1
+        if ctx.span is not None:
+            ctx.span.add_event(RETRY_EXHAUSTED_EVENT, {"mesh.attempts": attempt, "mesh.retry.reason": reason})
         if self._events.wants(RETRY_MAX_REACHED):
             self._events.emit(
                 RETRY_MAX_REACHED,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import ssl
 from pathlib import Path
 
@@ -66,7 +65,11 @@ def make_pki(directory: Path) -> dict[str, Path]:
         )
         _write(directory / name, key, cert)
 
-    leaf("server", x509.IPAddress(ipaddress.ip_address("127.0.0.1")), ExtendedKeyUsageOID.SERVER_AUTH)
+    leaf(
+        "server",
+        x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/secure"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+    )
     leaf(
         "client",
         x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/api-gateway"),
