@@ -44,14 +44,16 @@ import itertools
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 
@@ -78,8 +80,15 @@ HAPROXY = "raw httpx -> HAProxy"
 BEFORE = "mesh, httpcore, one pool (before)"
 LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100, keepalive_expiry=30.0)
 
-Call = Callable[[], Awaitable[httpx.Response]]
+Call = Callable[[], Awaitable["Answer"]]
 Close = Callable[[], Awaitable[None]]
+
+
+class Answer(Protocol):
+    """What a run looks at in an answer (an ``httpx.Response`` has it)."""
+
+    @property
+    def status_code(self) -> int: ...
 
 
 def _has(module: str) -> bool:
@@ -93,19 +102,33 @@ def _free_port() -> int:
         return port
 
 
-def _answers(port: int) -> bool:
-    """Whether something on ``port`` answers ``GET /api/users`` with 200."""
+def client_context(certs: Path) -> ssl.SSLContext:
+    """A client context for a directory as ``fastapi-mesh certs`` writes it: trusts its ``ca.crt`` and presents
+    its ``tls.crt`` (development certificates carry server and client authentication both)."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(certs / "tls.crt", certs / "tls.key")
+    return context
+
+
+def _answers(port: int, context: ssl.SSLContext | None = None) -> bool:
+    """Whether something on ``port`` answers ``GET /api/users`` with 200 (over TLS with ``context``)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+            if context is not None:
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
             return sock.recv(64).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
 
 
-def _wait_until_answering(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+def _wait_until_answering(
+    port: int, process: subprocess.Popen[bytes], what: str, context: ssl.SSLContext | None = None
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(port):
+    while not _answers(port, context):
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode} before answering")
         if time.monotonic() > deadline:
@@ -113,17 +136,31 @@ def _wait_until_answering(port: int, process: subprocess.Popen[bytes], what: str
         time.sleep(0.02)
 
 
-class Replica:
-    """One uvicorn process serving ``bench.e2e_upstream:app`` on a loopback port; it can be restarted."""
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``process`` (killed when it does not end within 10 s)."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
-    def __init__(self, name: str) -> None:
+
+class Replica:
+    """One uvicorn process serving ``bench.e2e_upstream:app`` on a loopback port; it can be restarted. With
+    ``certs`` (a directory as ``fastapi-mesh certs`` writes it), over TLS presenting its ``tls.crt`` and
+    requiring a client certificate its ``ca.crt`` signed."""
+
+    def __init__(self, name: str, certs: Path | None = None) -> None:
         self.name = name
+        self.certs = certs
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certs is not None else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.spawn()
@@ -131,7 +168,8 @@ class Replica:
 
     def wait(self) -> None:
         assert self.process is not None
-        _wait_until_answering(self.port, self.process, f"replica {self.name}")
+        context = client_context(self.certs) if self.certs is not None else None
+        _wait_until_answering(self.port, self.process, f"replica {self.name}", context)
 
     def spawn(self) -> None:
         command = [sys.executable, "-m", "uvicorn", "bench.e2e_upstream:app", "--app-dir", str(ROOT)]
@@ -141,22 +179,33 @@ class Replica:
             command += ["--loop", "uvloop"]
         if _has("httptools"):
             command += ["--http", "httptools"]
+        if self.certs is not None:
+            command += ["--ssl-certfile", str(self.certs / "tls.crt"), "--ssl-keyfile", str(self.certs / "tls.key")]
+            command += ["--ssl-ca-certs", str(self.certs / "ca.crt"), "--ssl-cert-reqs", str(int(ssl.CERT_REQUIRED))]
         env = {**os.environ, "BENCH_REPLICA": self.name}
         self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        _stop(process)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@contextlib.contextmanager
+def started(replicas: list[Replica]) -> Iterator[list[Replica]]:
+    """``replicas`` started all at once, then each waited for; stopped at the end of the block."""
+    try:
+        for replica in replicas:
+            replica.spawn()
+        for replica in replicas:
+            replica.wait()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 class HAProxy:
@@ -210,9 +259,7 @@ backend replicas
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
+        _stop(process)
 
 
 @dataclass
@@ -230,14 +277,12 @@ class Environment:
 @contextlib.contextmanager
 def running(count: int = REPLICAS, *, haproxy: bool = True) -> Iterator[Environment]:
     """``count`` replicas (and HAProxy when asked and installed) for the duration of the block."""
-    replicas = [Replica(f"r{i + 1}") for i in range(count)]
     proxy: HAProxy | None = None
-    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as directory:
+    with (
+        tempfile.TemporaryDirectory(prefix="mesh-bench-") as directory,
+        started([Replica(f"r{i + 1}") for i in range(count)]) as replicas,
+    ):
         try:
-            for replica in replicas:  # all start at once, then each is waited for
-                replica.spawn()
-            for replica in replicas:
-                replica.wait()
             if haproxy and shutil.which("haproxy"):
                 proxy = HAProxy(replicas, Path(directory))
                 proxy.start()
@@ -245,8 +290,6 @@ def running(count: int = REPLICAS, *, haproxy: bool = True) -> Iterator[Environm
         finally:
             if proxy is not None:
                 proxy.stop()
-            for replica in replicas:
-                replica.stop()
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -402,23 +445,28 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+async def timed(call: Call, concurrency: int, seconds: float, proxy: HAProxy | None = None) -> Sample:
+    """``call`` at ``concurrency`` for ``seconds``, after a warm-up that opens its connections and warms its
+    caches; with ``proxy``, HAProxy's CPU too."""
+    await _drive(call, concurrency, calls=WARM_UP_CALLS + 2 * concurrency)
+    gc.collect()
+    proxy_start = proxy.cpu_seconds() if proxy is not None else 0.0
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    latencies = await _drive(call, concurrency, until=start + seconds)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    proxy_cpu = proxy.cpu_seconds() - proxy_start if proxy is not None else 0.0
+    latencies.sort()
+    return Sample(len(latencies), wall, cpu, proxy_cpu, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+
+
 async def _measure(variant: Variant, env: Environment, concurrency: int, seconds: float) -> Sample:
     call, close = await variant.make(env)
     try:
-        await _drive(call, concurrency, calls=WARM_UP_CALLS + 2 * concurrency)  # open connections, warm caches
-        gc.collect()
-        proxy = env.haproxy if variant.via_proxy else None
-        proxy_start = proxy.cpu_seconds() if proxy is not None else 0.0
-        cpu_start = time.process_time()
-        start = time.perf_counter()
-        latencies = await _drive(call, concurrency, until=start + seconds)
-        wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu_start
-        proxy_cpu = proxy.cpu_seconds() - proxy_start if proxy is not None else 0.0
+        return await timed(call, concurrency, seconds, env.haproxy if variant.via_proxy else None)
     finally:
         await close()
-    latencies.sort()
-    return Sample(len(latencies), wall, cpu, proxy_cpu, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
 
 
 def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -429,10 +477,45 @@ def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return None
 
 
+def in_loop(loop: str, work: Coroutine[Any, Any, Sample]) -> Sample:
+    """Run ``work`` in a fresh event loop of kind ``loop`` (``asyncio`` or ``uvloop``)."""
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        return runner.run(work)
+
+
 def measure(variant: Variant, env: Environment, concurrency: int, seconds: float) -> Sample:
     """One round of ``variant`` at ``concurrency`` for ``seconds``, in an event loop of its own."""
-    with asyncio.Runner(loop_factory=_loop_factory(variant.loop)) as runner:
-        return runner.run(_measure(variant, env, concurrency, seconds))
+    return in_loop(variant.loop, _measure(variant, env, concurrency, seconds))
+
+
+def interleaved(
+    labels: list[str],
+    measure_one: Callable[[int, int], Sample],
+    *,
+    rounds: int,
+    concurrency: tuple[int, ...],
+    name: str,
+    progress: Callable[[str], None] | None = None,
+) -> dict[tuple[int, str], Row]:
+    """``rounds`` rounds of every (concurrency, variant) pair, variants interleaved within each round
+    (``measure_one(level, index of the variant)``); the medians per (concurrency, label)."""
+    samples: dict[tuple[int, str], list[Sample]] = {}
+    for round_ in range(rounds):
+        for level in concurrency:
+            for index, label in enumerate(labels):
+                samples.setdefault((level, label), []).append(measure_one(level, index))
+        if progress is not None:
+            progress(f"{name}: round {round_ + 1}/{rounds} done")
+    return {
+        key: Row(
+            throughput=statistics.median(s.throughput for s in taken),
+            p50_s=statistics.median(s.p50_s for s in taken),
+            p99_s=statistics.median(s.p99_s for s in taken),
+            cpu_per_call=statistics.median(s.cpu_per_call for s in taken),
+            proxy_cpu_per_call=statistics.median(s.proxy_cpu_per_call for s in taken),
+        )
+        for key, taken in samples.items()
+    }
 
 
 @dataclass
@@ -542,24 +625,16 @@ def run(
     results = Results(haproxy=_haproxy_version(), rounds=rounds, seconds=seconds)
     with running() as env:
         found = variants(env)
-        samples: dict[tuple[int, str], list[Sample]] = {}
-        for round_ in range(rounds):
-            for level in concurrency:
-                for variant in found:
-                    samples.setdefault((level, variant.label), []).append(measure(variant, env, level, seconds))
-            if progress is not None:
-                progress(f"e2e: round {round_ + 1}/{rounds} done")
+        rows = interleaved(
+            [variant.label for variant in found],
+            lambda level, index: measure(found[index], env, level, seconds),
+            rounds=rounds,
+            concurrency=concurrency,
+            name="e2e",
+            progress=progress,
+        )
         for level in concurrency:
-            results.rows[level] = {}
-            for variant in found:
-                taken = samples[level, variant.label]
-                results.rows[level][variant.label] = Row(
-                    throughput=statistics.median(s.throughput for s in taken),
-                    p50_s=statistics.median(s.p50_s for s in taken),
-                    p99_s=statistics.median(s.p99_s for s in taken),
-                    cpu_per_call=statistics.median(s.cpu_per_call for s in taken),
-                    proxy_cpu_per_call=statistics.median(s.proxy_cpu_per_call for s in taken),
-                )
+            results.rows[level] = {variant.label: rows[level, variant.label] for variant in found}
         if leak_calls:
             results.leaks = leak_check(env, leak_calls, leak_restarts)
     return results

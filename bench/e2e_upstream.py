@@ -1,6 +1,7 @@
 """The upstream replica of the end-to-end benchmark: a Starlette app answering a small JSON body.
 
-Run by ``bench.e2e`` as ``python -m uvicorn bench.e2e_upstream:app --fd N``, one process per replica.
+Run by ``bench.e2e`` and ``bench.mtls`` as ``python -m uvicorn bench.e2e_upstream:app --port N``, one process
+per replica (``BENCH_REPLICA``: its name in the answers).
 """
 
 from __future__ import annotations

@@ -18,24 +18,17 @@ default backend on each event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import importlib.util
-import socket
-import ssl
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.e2e import PATH, ROOT, Sample, _drive, _free_port, _loop_factory, _percentile
+from bench.e2e import PATH, Answer, Replica, Row, Sample, client_context, in_loop, interleaved, started, timed
 from fastapi_mesh import MeshClient, MeshSettings
-from fastapi_mesh.security.certs import CertificateAuthority
+from fastapi_mesh.security.certs import write_dev_certificates
 from fastapi_mesh.settings import DEFAULT_CONNECTION_BACKEND
 
 CONCURRENCY = (1, 16)
@@ -43,127 +36,31 @@ ROUNDS = 5
 SECONDS = 2.0
 QUICK_ROUNDS = 1
 QUICK_SECONDS = 0.3
-WARM_UP_CALLS = 50
-START_TIMEOUT = 15.0
 BACKENDS = ("aiohttp", "httpcore")
 #: The rows of a bare aiohttp client, without the mesh.
 RAW = "raw aiohttp"
 TARGET = 1.10
 PLAIN, MTLS = "plain HTTP", "mTLS"
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """A development CA, the server's certificate and the client's, on disk."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-    @classmethod
-    def create(cls, directory: Path) -> Certificates:
-        ca = CertificateAuthority.create()
-        ca.write(directory / "ca")
-        ca.issue("users").write(directory / "users")
-        ca.issue("bench").write(directory / "bench")
-        return cls(
-            directory / "ca" / "ca.crt",
-            directory / "users" / "tls.crt",
-            directory / "users" / "tls.key",
-            directory / "bench" / "tls.crt",
-            directory / "bench" / "tls.key",
-        )
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.check_hostname = False
-        context.load_cert_chain(self.client_cert, self.client_key)
-        return context
-
-
-class Server:
-    """One uvicorn process serving the benchmark's upstream app, plain or over TLS with client certificates."""
-
-    def __init__(self, certificates: Certificates | None) -> None:
-        self.certificates = certificates
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.certificates is not None else 'http'}://127.0.0.1:{self.port}"
-
-    def spawn(self) -> None:
-        command = [sys.executable, "-m", "uvicorn", "bench.e2e_upstream:app", "--app-dir", str(ROOT)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--backlog", "4096"]
-        command += ["--log-level", "warning", "--no-access-log", "--lifespan", "off"]
-        if importlib.util.find_spec("uvloop") is not None:
-            command += ["--loop", "uvloop"]
-        if importlib.util.find_spec("httptools") is not None:
-            command += ["--http", "httptools"]
-        certificates = self.certificates
-        if certificates is not None:
-            command += ["--ssl-certfile", str(certificates.server_cert), "--ssl-keyfile", str(certificates.server_key)]
-            command += ["--ssl-ca-certs", str(certificates.ca), "--ssl-cert-reqs", str(int(ssl.CERT_REQUIRED))]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-
-    def _answers(self) -> bool:
-        try:
-            with contextlib.ExitStack() as stack:
-                sock = stack.enter_context(socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
-                if self.certificates is not None:
-                    context = self.certificates.client_context()
-                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
-                sock.sendall(f"GET {PATH} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
-
-    def wait(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the {self.url} server exited with {self.process.returncode} before answering")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the {self.url} server did not answer within {START_TIMEOUT:.0f} s")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+#: The services ``fastapi-mesh certs`` makes certificates for: the server's and the calling client's.
+SERVER, CLIENT = "users", "bench"
 
 
 @dataclass
 class Environment:
-    certificates: Certificates
-    plain: Server
-    tls: Server
+    #: The client's certificates, as ``fastapi-mesh certs`` writes them (``tls.crt``, ``tls.key``, ``ca.crt``).
+    client: Path
+    plain: Replica
+    tls: Replica
 
 
 @contextlib.contextmanager
 def running() -> Iterator[Environment]:
     """A plain and a TLS server for the duration of the block."""
     with tempfile.TemporaryDirectory(prefix="mesh-bench-mtls-") as directory:
-        certificates = Certificates.create(Path(directory))
-        servers = [Server(None), Server(certificates)]
-        try:
-            for server in servers:
-                server.spawn()
-            for server in servers:
-                server.wait()
-            yield Environment(certificates, *servers)
-        finally:
-            for server in servers:
-                server.stop()
+        certs = Path(directory)
+        write_dev_certificates(certs, [SERVER, CLIENT])
+        with started([Replica("plain"), Replica("tls", certs=certs / SERVER)]) as (plain, tls):
+            yield Environment(certs / CLIENT, plain, tls)
 
 
 def settings(env: Environment, backend: str, mtls: bool) -> MeshSettings:
@@ -172,16 +69,15 @@ def settings(env: Environment, backend: str, mtls: bool) -> MeshSettings:
         return MeshSettings(
             service_name="bench", discovery={"endpoints": {"users": [env.plain.url]}}, connection={"backend": backend}
         )
-    certificates = env.certificates
     return MeshSettings(
         service_name="bench",
         discovery={"endpoints": {"users": [env.tls.url]}},
         connection={"backend": backend},
         mtls={
             "enabled": True,
-            "cert_path": str(certificates.client_cert),
-            "key_path": str(certificates.client_key),
-            "ca_path": str(certificates.ca),
+            "cert_path": str(env.client / "tls.crt"),
+            "key_path": str(env.client / "tls.key"),
+            "ca_path": str(env.client / "ca.crt"),
         },
     )
 
@@ -205,7 +101,7 @@ def variants(loops: tuple[str, ...] | None = None, backends: tuple[str, ...] = B
 
 
 class _Answer:
-    """What ``_drive`` looks at in an answer."""
+    """What a run looks at in an answer."""
 
     __slots__ = ("status_code",)
 
@@ -217,7 +113,7 @@ async def _measure_raw(variant: Variant, env: Environment, concurrency: int, sec
     """The bare aiohttp client: one session, the body read, as the mesh's aiohttp backend does."""
     import aiohttp
 
-    ssl_option: ssl.SSLContext | bool = env.certificates.client_context() if variant.mtls else True
+    ssl_option = client_context(env.client) if variant.mtls else True
     url = (env.tls if variant.mtls else env.plain).url + PATH
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_option, limit=0)) as session:
 
@@ -226,19 +122,7 @@ async def _measure_raw(variant: Variant, env: Environment, concurrency: int, sec
                 await response.read()
                 return _Answer(response.status)
 
-        return await _timed(call, concurrency, seconds)
-
-
-async def _timed(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float) -> Sample:
-    await _drive(call, concurrency, calls=WARM_UP_CALLS + 2 * concurrency)  # type: ignore[arg-type]
-    gc.collect()
-    cpu_start = time.process_time()
-    start = time.perf_counter()
-    latencies = await _drive(call, concurrency, until=start + seconds)  # type: ignore[arg-type]
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
-    latencies.sort()
-    return Sample(len(latencies), wall, cpu, 0.0, _percentile(latencies, 0.5), _percentile(latencies, 0.99))
+        return await timed(call, concurrency, seconds)
 
 
 async def _measure(variant: Variant, env: Environment, concurrency: int, seconds: float) -> Sample:
@@ -246,25 +130,15 @@ async def _measure(variant: Variant, env: Environment, concurrency: int, seconds
         return await _measure_raw(variant, env, concurrency, seconds)
     async with MeshClient(settings(env, variant.backend, variant.mtls)) as client:
 
-        async def call() -> object:
+        async def call() -> Answer:
             return await client.get("users", PATH)
 
-        return await _timed(call, concurrency, seconds)
+        return await timed(call, concurrency, seconds)
 
 
 def measure(variant: Variant, env: Environment, concurrency: int, seconds: float) -> Sample:
     """One round of ``variant`` at ``concurrency`` for ``seconds``, in an event loop of its own."""
-    with asyncio.Runner(loop_factory=_loop_factory(variant.loop)) as runner:
-        return runner.run(_measure(variant, env, concurrency, seconds))
-
-
-@dataclass
-class Row:
-    """Medians over the rounds for one variant at one concurrency."""
-
-    throughput: float
-    p50_s: float
-    cpu_per_call: float
+    return in_loop(variant.loop, _measure(variant, env, concurrency, seconds))
 
 
 @dataclass
@@ -289,19 +163,14 @@ def run(
     """Every variant at every concurrency, ``rounds`` interleaved rounds of ``seconds`` each."""
     found = variants(loops, backends)
     results = Results(variants=found, concurrency=concurrency, rounds=rounds, seconds=seconds)
-    samples: dict[tuple[int, str], list[Sample]] = {}
     with running() as env:
-        for round_ in range(rounds):
-            for level in concurrency:
-                for variant in found:
-                    samples.setdefault((level, variant.label), []).append(measure(variant, env, level, seconds))
-            if progress is not None:
-                progress(f"mtls: round {round_ + 1}/{rounds} done")
-    for key, taken in samples.items():
-        results.rows[key] = Row(
-            throughput=statistics.median(s.throughput for s in taken),
-            p50_s=statistics.median(s.p50_s for s in taken),
-            cpu_per_call=statistics.median(s.cpu_per_call for s in taken),
+        results.rows = interleaved(
+            [variant.label for variant in found],
+            lambda level, index: measure(found[index], env, level, seconds),
+            rounds=rounds,
+            concurrency=concurrency,
+            name="mtls",
+            progress=progress,
         )
     return results
 

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from example_app.dnsmasq import CLUSTER_DOMAIN, NAMESPACE, Dnsmasq, DnsmasqError
 from example_app.fleet import HOST, Fleet, Replica, ReplicaSpec, StartupError, _child_env, free_port
 from example_app.gateway import ROUTES, SERVICE_NAME, create_gateway
-from example_app.upstream import create_upstream_app
+from example_app.upstream import _watch_parent, create_upstream_app
 from fastapi_mesh import MeshSettings
 from fastapi_mesh.security.certs import spiffe_id, write_dev_certificates
 
@@ -205,14 +205,6 @@ class MtlsFleet(Fleet):
         return result
 
 
-async def _exit_with_parent(server: uvicorn.Server, parent_pid: int) -> None:
-    while not server.should_exit:
-        if os.getppid() != parent_pid:
-            server.should_exit = True
-            return
-        await asyncio.sleep(0.5)
-
-
 def serve_replica(args: argparse.Namespace) -> int:
     """One mTLS replica (``--serve-replica SERVICE NAME``): only the gateway's identity may call it."""
     from fastapi_mesh.security.server import MeshServerConfig
@@ -227,7 +219,7 @@ def serve_replica(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
 
     async def run() -> None:
-        watcher = asyncio.create_task(_exit_with_parent(server, args.parent_pid)) if args.parent_pid else None
+        watcher = asyncio.create_task(_watch_parent(server, args.parent_pid)) if args.parent_pid else None
         try:
             await server.serve()
         finally:
@@ -243,7 +235,7 @@ def _print_mtls_banner(fleet: Fleet, port: int, certs: Path, plain_port: int) ->
     base = f"https://{HOST}:{port}"
     client = certs / MTLS_CLIENT
     lines = ["", f"mTLS: development certificates in {certs} (made with `fastapi-mesh certs`)", ""]
-    lines += ["Upstream replicas (mTLS, only spiffe://cluster.local/ns/default/sa/api-gateway may call them):"]
+    lines += [f"Upstream replicas (mTLS, only {spiffe_id(SERVICE_NAME)} may call them):"]
     for replica in fleet.replicas:
         assert isinstance(replica, TlsReplica)
         lines.append(

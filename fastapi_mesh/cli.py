@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from . import __version__, render
 from .discovery import build_discovery
-from .settings import MeshSettings
+from .settings import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, MeshSettings
 
 __all__ = ["main"]
 
@@ -136,8 +136,12 @@ def _add_certs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("services", nargs="+", metavar="SERVICE", help="a service (account) name")
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
-    parser.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default: cluster.local)")
-    parser.add_argument("--namespace", default="default", help="Kubernetes namespace in the IDs (default: default)")
+    parser.add_argument(
+        "--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="SPIFFE trust domain (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help="Kubernetes namespace in the IDs (default: %(default)s)"
+    )
     parser.add_argument(
         "--dns", action="append", default=[], metavar="NAME", help="another DNS name or IP for every certificate"
     )

@@ -29,9 +29,10 @@ from .resilience.breaker import CircuitBreakerTransport
 from .resilience.bulkhead import BulkheadTransport
 from .resilience.deadline import DeadlineTransport
 from .resilience.retry import RetryTransport
-from .settings import MeshSettings, MtlsConfig
+from .security.files import client_tls_context
+from .settings import MeshSettings
 
-__all__ = ["build_client_tls", "build_connection_pool", "build_ssl_context", "build_stack"]
+__all__ = ["build_client_tls", "build_connection_pool", "build_ssl_context", "build_stack", "client_tls_context"]
 
 
 def build_client_tls(settings: MeshSettings) -> ClientTLS | None:
@@ -48,26 +49,6 @@ def build_ssl_context(settings: MeshSettings) -> ssl.SSLContext | bool:
     does not."""
     tls = build_client_tls(settings)
     return True if tls is None else tls.context
-
-
-def client_tls_context(
-    mtls: MtlsConfig, *, cafile: str | None, ca_setting: str = "mtls.ca_path", peer: str = "upstreams"
-) -> ssl.SSLContext:
-    """A client context that verifies servers against ``cafile`` (None: the system store) and presents the
-    mTLS client certificate when mTLS is on. A file that cannot be loaded fails naming ``ca_setting``."""
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"{ca_setting}: cannot load the CA bundle {cafile!r} for {peer}: {exc}") from exc
-    if mtls.enabled:
-        assert mtls.cert_path is not None
-        try:
-            context.load_cert_chain(mtls.cert_path, mtls.key_path)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
-            ) from exc
-    return context
 
 
 def build_connection_pool(settings: MeshSettings, *, tls: ClientTLS | None = None) -> httpx.AsyncBaseTransport:

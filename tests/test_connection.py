@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime
 import gc
-import ipaddress
 import os
 import socket
 import ssl
@@ -26,15 +25,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
 from fastapi_mesh import MeshClient, MeshSettings, UpstreamUnavailable
 from fastapi_mesh.connection import PerOriginTransport, ProxyChooser
 from fastapi_mesh.connection.aiohttp_transport import AiohttpTransport
+from fastapi_mesh.security.certs import CertificateAuthority
 from fastapi_mesh.stack import build_connection_pool
 from tests.upstreams import START_TIMEOUT, Fleet, Replica, settings_for, unused_port
 
@@ -169,69 +165,25 @@ async def never_speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 # ----------------------------------------------------------------------------------------------- PKI
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-Issuer = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
-
-
-def _issue(directory: Path, stem: str, issuer: Issuer | None, *, usage: Any = None) -> Issuer:
-    """A key and certificate written to ``<stem>.key`` / ``<stem>.crt``: a CA when ``issuer`` is None, else a
-    leaf for 127.0.0.1 signed by ``issuer``."""
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(stem))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if issuer is None:
-        builder = builder.issuer_name(_name(stem))
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        signing = x509.KeyUsage(False, False, False, False, False, True, True, False, False)  # cert and CRL signing
-        builder = builder.add_extension(signing, True)
-        cert = builder.sign(key, hashes.SHA256())
-    else:
-        builder = builder.issuer_name(issuer[1].subject)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(f"spiffe://cluster.local/ns/default/sa/{stem}"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            False,
-        )
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage or ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        cert = builder.sign(issuer[0], hashes.SHA256())
-    (directory / f"{stem}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A mesh CA with a server certificate for 127.0.0.1 and a client certificate; another CA besides."""
+    """A mesh CA (``ca.crt``) with a server certificate for 127.0.0.1 and a client certificate, and a server
+    certificate from another CA: ``server/``, ``client/``, ``other-server/`` hold ``tls.crt`` and ``tls.key``."""
     directory = tmp_path_factory.mktemp("pki")
-    ca = _issue(directory, "ca", None)
-    _issue(directory, "server", ca)
-    _issue(directory, "client", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-    other = _issue(directory, "other-ca", None)
-    _issue(directory, "other-server", other)
+    ca = CertificateAuthority.create()
+    ca.write(directory)
+    ca.issue("server", dns_names=["127.0.0.1"]).write(directory / "server")
+    ca.issue("client", dns_names=[]).write(directory / "client")
+    other = CertificateAuthority.create(common_name="another CA")
+    other.issue("other-server", dns_names=["127.0.0.1"]).write(directory / "other-server")
     return directory
 
 
 def _mtls(pki: Path) -> dict[str, Any]:
     return {
         "enabled": True,
-        "cert_path": str(pki / "client.crt"),
-        "key_path": str(pki / "client.key"),
+        "cert_path": str(pki / "client" / "tls.crt"),
+        "key_path": str(pki / "client" / "tls.key"),
         "ca_path": str(pki / "ca.crt"),
     }
 
@@ -429,8 +381,8 @@ async def test_https_with_mtls_verifies_the_server_and_presents_the_client_certi
     """With mTLS on, the server (which requires a client certificate from the mesh CA) answers."""
     (replica,) = await fleet.start(
         1,
-        ssl_certfile=str(pki / "server.crt"),
-        ssl_keyfile=str(pki / "server.key"),
+        ssl_certfile=str(pki / "server" / "tls.crt"),
+        ssl_keyfile=str(pki / "server" / "tls.key"),
         ssl_ca_certs=str(pki / "ca.crt"),
         ssl_cert_reqs=ssl.CERT_REQUIRED,
     )
@@ -447,7 +399,7 @@ async def test_a_server_certificate_from_another_ca_is_refused_before_sending(
     """A server whose certificate the mesh CA did not sign fails the handshake: ConnectError, nothing sent
     (so even a POST would move on)."""
     (replica,) = await fleet.start(
-        1, ssl_certfile=str(pki / "other-server.crt"), ssl_keyfile=str(pki / "other-server.key")
+        1, ssl_certfile=str(pki / "other-server" / "tls.crt"), ssl_keyfile=str(pki / "other-server" / "tls.key")
     )
     pool = _pool(backend, mtls=_mtls(pki))
     try:
@@ -461,7 +413,7 @@ async def test_a_server_certificate_from_another_ca_is_refused_before_sending(
 async def test_http2_is_offered_in_the_tls_handshake_with_httpcore(pki: Path) -> None:
     """``connection.http2`` makes the httpcore backend offer h2 by ALPN; without it only HTTP/1.1 is offered."""
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(pki / "server.crt", pki / "server.key")
+    server_context.load_cert_chain(pki / "server" / "tls.crt", pki / "server" / "tls.key")
     server_context.set_alpn_protocols(["h2", "http/1.1"])
     chosen: list[str | None] = []
 
@@ -493,15 +445,21 @@ async def test_calls_go_through_the_configured_egress_proxy(fleet: Fleet, backen
     assert (target.total, proxy.total) == (0, 1)
 
 
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``*_PROXY`` variable from the environment the tests run in."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_proxy_env")
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_the_environment_proxy_is_used_only_with_trust_env(
     fleet: Fleet, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTP_PROXY is ignored unless ``trust_env`` is on; NO_PROXY still exempts a host."""
     target, proxy = await fleet.start(2)
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     for trust_env, via_proxy in ((False, 0), (True, 1)):
         settings = _settings([target.url], backend, connection={"trust_env": trust_env})
@@ -514,11 +472,9 @@ async def test_the_environment_proxy_is_used_only_with_trust_env(
     assert (target.total, proxy.total) == (2, 1)
 
 
+@pytest.mark.usefixtures("no_proxy_env")
 def test_no_proxy_matches_hosts_domains_and_networks(monkeypatch: pytest.MonkeyPatch) -> None:
     """NO_PROXY entries cover the host, its subdomains, and addresses inside a listed network."""
-    for name in list(os.environ):
-        if name.lower().endswith("_proxy"):
-            monkeypatch.delenv(name)
     monkeypatch.setenv("HTTP_PROXY", "proxy:3128")
     monkeypatch.setenv("NO_PROXY", "example.com, .internal,10.0.0.0/8,[::1]")
     assert ProxyChooser(None, trust_env=False).for_origin("http", "example.org", 80) is None
@@ -562,9 +518,11 @@ async def test_per_origin_pools_are_made_on_first_use_and_dropped_when_unused(fl
     """The httpcore backend opens a pool for an origin at its first request; a sweep (at most once per
     keep-alive interval, when a new origin comes) closes the pools that saw no request since the last one."""
     a, b, c, d, e = await fleet.start(5)
+    now = [0.0]
     pool = PerOriginTransport(
         ssl_context=ssl.create_default_context(),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=10, keepalive_expiry=0.1),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=10, keepalive_expiry=10.0),
+        clock=lambda: now[0],
     )
 
     async def get(replica: Replica) -> None:
@@ -576,14 +534,14 @@ async def test_per_origin_pools_are_made_on_first_use_and_dropped_when_unused(fl
         await get(a)
         assert pool.origins() == [a.url]
         await get(b)
-        await asyncio.sleep(0.15)
+        now[0] += 10.0  # a keep-alive interval later
         await get(c)  # first sweep: a and b had requests, both stay
         assert pool.origins() == [a.url, b.url, c.url]
         await get(a)
-        await asyncio.sleep(0.15)
+        now[0] += 10.0  # a keep-alive interval later
         await get(d)  # second sweep: b had none since the first, c had its first
         assert pool.origins() == [a.url, c.url, d.url]
-        await asyncio.sleep(0.15)
+        now[0] += 10.0  # a keep-alive interval later
         await get(e)  # third sweep: only d had a request since the second
         assert pool.origins() == [d.url, e.url]
     finally:

@@ -189,19 +189,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         tls = self._tls
-        if tls is not None and request.url.scheme == "https":
-            return await self._handle_tls(request, tls)
-        return await self._send(self.session or self._open(), request, True)
-
-    async def _handle_tls(self, request: httpx.Request, tls: ClientTLS) -> httpx.Response:
         proxy = self._proxy(request.url)
+        if tls is not None and request.url.scheme == "https":
+            return await self._handle_tls(request, tls, proxy)
+        return await self._send(self.session or self._open(), request, True, proxy)
+
+    async def _handle_tls(self, request: httpx.Request, tls: ClientTLS, proxy: str | None) -> httpx.Response:
         context, expected, token = tls.enter(request, URL(proxy).host if proxy is not None else None)
         try:
             if expected is tls.default:
                 session = self.session or self._open()
             else:
                 session = self._partitions.get(expected) or self._open(expected)
-            return await self._send(session, request, context)
+            return await self._send(session, request, context, proxy)
         except httpx.ConnectError as exc:
             mismatch = tls.mismatch(exc, request)
             if mismatch is None:
@@ -211,7 +211,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             tls.leave(token)
 
     async def _send(
-        self, session: aiohttp.ClientSession, request: httpx.Request, ssl_option: ssl.SSLContext | bool
+        self,
+        session: aiohttp.ClientSession,
+        request: httpx.Request,
+        ssl_option: ssl.SSLContext | bool,
+        proxy: str | None,
     ) -> httpx.Response:
         timeouts = request.extensions.get("timeout") or {}
         connect = timeouts.get("connect")
@@ -244,7 +248,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                     sock_read=timeouts.get("read"),
                     ceil_threshold=_NO_ROUNDING,
                 ),
-                proxy=self._proxy(request.url),
+                proxy=proxy,
                 ssl=ssl_option,
                 server_hostname=request.extensions.get("sni_hostname"),
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,7 +39,7 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
 
     With ``tls`` (mTLS), ``https`` pools are kept per origin and expected server identities, made with its
     current context; when the files rotate, the next request gets a new pool and the old one is closed
-    once its requests have finished.
+    once its requests have finished. ``clock`` (seconds) times the sweeps.
 
     >>> import ssl
     >>> transport = PerOriginTransport(ssl_context=ssl.create_default_context())
@@ -54,8 +55,10 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
         http2: bool = False,
         proxies: ProxyChooser | None = None,
         tls: ClientTLS | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ssl_context = ssl_context
+        self._clock = clock
         self._tls = tls
         #: Pools replaced after a rotation, closed once nothing runs on them.
         self._retired: list[httpx.AsyncHTTPTransport] = []
@@ -66,7 +69,7 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
         self._countdown = _SWEEP_EVERY
         expiry = self._limits.keepalive_expiry
         self._sweep_interval = expiry if expiry is not None and expiry > 0 else 30.0
-        self._next_sweep = time.monotonic() + self._sweep_interval
+        self._next_sweep = clock() + self._sweep_interval
         self._closed = False
 
     def origins(self) -> list[str]:
@@ -94,40 +97,13 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         tls = self._tls
-        if tls is not None and url.raw_scheme == b"https":
-            return await self._handle_tls(request, tls)
-        key = (url.raw_scheme, url.raw_host, url.port)
-        origin = self._origins.get(key)
-        if origin is None:
-            await self._maybe_sweep()
-            origin = self._origins[key] = self._open(url)
-        else:
-            self._countdown -= 1
-            if self._countdown <= 0:
-                await self._maybe_sweep()
-        origin.uses += 1
-        return await origin.transport.handle_async_request(request)
-
-    async def _handle_tls(self, request: httpx.Request, tls: ClientTLS) -> httpx.Response:
-        """An ``https`` request with mTLS: its pool is the origin's for the service's expected identities
-        and the current context (a pool of an older context is retired)."""
-        context, expected, token = tls.enter(request)  # an egress proxy's TLS is httpx's, not the mesh's
+        if tls is None or url.raw_scheme != b"https":
+            return await self._send(request, (url.raw_scheme, url.raw_host, url.port), None)
+        # mTLS: the origin's pool for the service's expected identities and the current context (a pool of
+        # an older context is retired); an egress proxy's TLS is httpx's, not the mesh's
+        context, expected, token = tls.enter(request)
         try:
-            url = request.url
-            key = (url.raw_scheme, url.raw_host, url.port, expected)
-            origin = self._origins.get(key)
-            if origin is None or origin.context is not context:
-                if origin is not None:
-                    del self._origins[key]
-                    self._retired.append(origin.transport)
-                await self._maybe_sweep()
-                origin = self._origins[key] = self._open(url, context)
-            else:
-                self._countdown -= 1
-                if self._countdown <= 0:
-                    await self._maybe_sweep()
-            origin.uses += 1
-            return await origin.transport.handle_async_request(request)
+            return await self._send(request, (url.raw_scheme, url.raw_host, url.port, expected), context)
         except httpx.ConnectError as exc:
             mismatch = tls.mismatch(exc, request)
             if mismatch is None:
@@ -136,11 +112,29 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
         finally:
             tls.leave(token)
 
+    async def _send(
+        self, request: httpx.Request, key: tuple[Any, ...], context: ssl.SSLContext | None
+    ) -> httpx.Response:
+        """Send on the pool of ``key``, made (with ``context``, when given) if there is none for it yet."""
+        origin = self._origins.get(key)
+        if origin is None or origin.context is not context:
+            if origin is not None:
+                del self._origins[key]
+                self._retired.append(origin.transport)
+            await self._maybe_sweep()
+            origin = self._origins[key] = self._open(request.url, context)
+        else:
+            self._countdown -= 1
+            if self._countdown <= 0:
+                await self._maybe_sweep()
+        origin.uses += 1
+        return await origin.transport.handle_async_request(request)
+
     async def _maybe_sweep(self) -> None:
         """At most once per interval (looked at every ``_SWEEP_EVERY`` requests and for each new origin):
         close the pools nobody used since the last sweep."""
         self._countdown = _SWEEP_EVERY
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._sweep_interval

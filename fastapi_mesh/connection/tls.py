@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextvars
 import datetime
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ import httpx
 
 from ..context import EXTENSION
 from ..errors import NoHealthyEndpoints
+from ..security.files import Signature, WatchedFiles, client_tls_context
 from ..settings import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
@@ -304,9 +304,6 @@ def _refusal(exc: BaseException) -> _Refused | None:
     return None
 
 
-Signature = tuple[object, ...]
-
-
 class ClientTLS:
     """The mesh's outbound mTLS: one ``ssl.SSLContext`` (the client certificate, the CA, TLS 1.2 or newer,
     TLS 1.3 when the server offers it) for every pool, the identities each service's servers must present,
@@ -329,7 +326,7 @@ class ClientTLS:
         if not mtls.enabled or not (mtls.cert_path and mtls.key_path and mtls.ca_path):
             raise ValueError("ClientTLS needs mtls.enabled with cert_path, key_path and ca_path")
         self._mtls = mtls
-        self._paths = (mtls.cert_path, mtls.key_path, mtls.ca_path)
+        self._files = WatchedFiles(mtls.cert_path, mtls.key_path, mtls.ca_path)
         #: What every service without its own list expects (also: handshakes no attempt speaks for).
         self.default = ExpectedIdentities(mtls.expected_identities, trust_domain=mtls.trust_domain)
         self._overrides = {name: tuple(patterns) for name, patterns in (expected or {}).items()}
@@ -338,11 +335,9 @@ class ClientTLS:
         self._sslobject_class = type("MeshVerifyingSSLObject", (_VerifyingSSLObject,), {"fallback": self.default})
         self._clock = clock
         self._interval = mtls.reload_interval
-        signature = self._signature()
         self._context = self._build()
-        self._loaded: Signature = signature
+        #: The signature of the last set of files that did not load (not tried again until they change).
         self._failed: Signature | None = None
-        self._pending: Signature | None = None
         self._next_check = clock() + self._interval
         self._reported: set[tuple[str | None, str, tuple[str, ...]]] = set()
         #: How many times a changed set of files was loaded since start.
@@ -379,32 +374,13 @@ class ClientTLS:
         self._check(self._clock(), settle=False)
         return self._context is not before
 
-    def _signature(self) -> Signature:
-        """What ``os.stat`` says of the three files (following symlinks, as a Kubernetes secret volume swaps
-        its ``..data`` link); a missing one by its error number."""
-        parts: list[object] = []
-        for path in self._paths:
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                parts.append(exc.errno)
-            else:
-                parts.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns))
-        return tuple(parts)
-
     def _check(self, now: float, *, settle: bool = True) -> None:
-        """Load the files once they changed and then stayed the same for one look (a writer replacing the
-        certificate, then the key, is not caught in between); a set that does not load keeps the current
-        context and logs one error, until the files change again."""
+        """Load the files once they changed and then stayed the same for one look; a set that does not load
+        keeps the current context and logs one error, until the files change again."""
         self._next_check = now + self._interval
-        signature = self._signature()
-        if signature == self._loaded:
-            self._pending = None
-            return
-        if settle and signature != self._pending:
-            self._pending = signature
-            return
-        if signature == self._failed:
+        files = self._files
+        signature = files.settled(settle=settle)
+        if signature is None or signature == self._failed:
             return
         try:
             context = self._build()
@@ -412,31 +388,20 @@ class ClientTLS:
             self._failed = signature
             logger.error("mtls: %s; new connections keep the certificate and CA loaded before", exc)
             return
-        if self._signature() != signature:  # written to while being read: look again at the next call
-            self._pending = None
+        if files.signature() != signature:  # written to while being read: look again at the next call
             self._next_check = now
             return
-        self._context, self._loaded, self._failed, self._pending = context, signature, None, None
+        self._context, files.loaded, self._failed = context, signature, None
         self.reloads += 1
-        logger.info("mtls: loaded %s and the CA for new connections", _describe(self._paths[0]))
+        logger.info("mtls: loaded %s and the CA for new connections", _describe(self._mtls.cert_path))
 
     def _build(self) -> ssl.SSLContext:
-        mtls = self._mtls
-        try:
-            context = ssl.create_default_context(cafile=mtls.ca_path)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"mtls.ca_path: cannot load the CA bundle {mtls.ca_path!r} for upstreams: {exc}") from exc
+        context = client_tls_context(self._mtls, cafile=self._mtls.ca_path)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         # Endpoints are addresses, rarely names in their certificates: the identity check replaces the
         # host name check; the chain is still verified against the CA.
         context.check_hostname = False
         context.verify_mode = ssl.CERT_REQUIRED
-        try:
-            context.load_cert_chain(mtls.cert_path, mtls.key_path)  # type: ignore[arg-type]
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"mtls.cert_path/key_path: cannot load {mtls.cert_path!r} with key {mtls.key_path!r}: {exc}"
-            ) from exc
         context.sslobject_class = self._sslobject_class
         return context
 
@@ -465,9 +430,7 @@ class ClientTLS:
         its pool is kept for, and a token for :meth:`leave`. Handshakes made until then check the server
         against the request's service (``proxy_host``: the egress proxy's, checked against the default).
         Raises ``NoHealthyEndpoints`` when this endpoint already refused the call's identity check."""
-        now = self._clock()
-        if now >= self._next_check:
-            self._check(now)
+        context = self.current()
         ctx = request.extensions.get(EXTENSION)
         service: str | None = ctx.service.name if ctx is not None else None
         expected = self.expected(service)
@@ -482,7 +445,7 @@ class ClientTLS:
                     request=request,
                 )
         token = _TARGET.set((service, expected, proxy_host))
-        return self._context, expected, token
+        return context, expected, token
 
     @staticmethod
     def leave(token: contextvars.Token[Any]) -> None:

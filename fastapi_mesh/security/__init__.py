@@ -1,1 +1,3 @@
-"""Security: TLS and mTLS contexts for outbound calls (see ``fastapi_mesh.stack.build_ssl_context``)."""
+"""Security: the caller's identity and allow lists (``identity``), ``fastapi-mesh serve``'s mTLS server
+(``server``), development certificates (``certs``) and the mTLS files both sides load and watch (``files``).
+Outbound mTLS is the connection layer's (``fastapi_mesh.connection.tls``)."""

@@ -25,6 +25,7 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
@@ -237,13 +238,19 @@ def denied_response() -> Response:
     return JSONResponse({"detail": DENIED_DETAIL}, status_code=403)
 
 
-def _running_mesh(connection: HTTPConnection) -> Mesh | None:
-    from ..extension import _RUNNING, STATE_KEY
+@functools.cache
+def _extension() -> ModuleType:
+    from .. import extension  # here, not at the top: extension imports this module
 
-    app = connection.scope.get("app")
-    mesh: Mesh | None = getattr(getattr(app, "state", None), STATE_KEY, None)
-    if mesh is None and len(_RUNNING) == 1:
-        mesh = _RUNNING[0]
+    return extension
+
+
+def running_mesh(app: Any) -> Mesh | None:
+    """The Mesh running ``app``'s lifespan (found on its state), else the process's only running Mesh."""
+    extension = _extension()
+    mesh: Mesh | None = getattr(getattr(app, "state", None), extension.STATE_KEY, None)
+    if mesh is None and len(extension._RUNNING) == 1:
+        mesh = extension._RUNNING[0]
     return mesh
 
 
@@ -263,7 +270,7 @@ def require_identity(*allowed: str) -> Callable[[HTTPConnection], Awaitable[str]
         identity = identity_of(request.scope)
         if identity is not None and allow.allows(identity):
             return identity
-        mesh = _running_mesh(request)
+        mesh = running_mesh(request.scope.get("app"))
         record = mesh.authorization if mesh is not None else Authorization()
         record.denied(route_template(request.scope), identity, "not allowed by require_identity(...)")
         if request.scope["type"] == "websocket":

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import copy
 import logging
-import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 from uvicorn.server import ServerState
 
 from ..settings import MeshSettings, MtlsConfig
+from .files import WatchedFiles, load_key_pair
 from .identity import (
     DENIED_DETAIL,
     TLS_EXTENSION,
@@ -48,6 +48,7 @@ from .identity import (
     Authorization,
     identity_of,
     route_template,
+    running_mesh,
     set_enforced_by_server,
 )
 
@@ -90,8 +91,7 @@ class ServerTLS:
     def __init__(self, mtls: MtlsConfig) -> None:
         assert mtls.cert_path is not None and mtls.key_path is not None and mtls.ca_path is not None
         self.cert_path, self.key_path, self.ca_path = mtls.cert_path, mtls.key_path, mtls.ca_path
-        self._stamp = self._stat()
-        self._pending: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._files = WatchedFiles(self.cert_path, self.key_path, self.ca_path)
         self.context = self._build()
         self.context.sni_callback = self._select
         self._current: _ServerContext = self.context
@@ -105,17 +105,6 @@ class ServerTLS:
         """The context new handshakes use."""
         return self._current
 
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        stamps: list[tuple[int, int, int] | None] = []
-        for path in (self.cert_path, self.key_path, self.ca_path):
-            try:
-                info = os.stat(path)  # follows symlinks: a Kubernetes secret volume swaps its ..data link
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((info.st_ino, info.st_size, info.st_mtime_ns))
-        return tuple(stamps)
-
     def _build(self) -> _ServerContext:
         context = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -124,13 +113,11 @@ class ServerTLS:
             context.load_verify_locations(cafile=self.ca_path)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"mtls.ca_path: cannot load the CA bundle {self.ca_path!r} for callers: {exc}") from exc
+        load_key_pair(context, self.cert_path, self.key_path)
         try:
-            context.load_cert_chain(self.cert_path, self.key_path)
             leaf = _PEM_BLOCK.search(Path(self.cert_path).read_bytes())
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(
-                f"mtls.cert_path/key_path: cannot load {self.cert_path!r} with key {self.key_path!r}: {exc}"
-            ) from exc
+        except OSError as exc:  # gone since it was loaded a moment ago
+            raise ValueError(f"mtls.cert_path: cannot read {self.cert_path!r}: {exc}") from exc
         context.server_cert_pem = leaf.group(0).decode("ascii").strip() + "\n" if leaf else None
         context.cipher_ids = {c["name"]: c["id"] & 0xFFFF for c in context.get_ciphers()}
         return context
@@ -144,15 +131,11 @@ class ServerTLS:
         """Reload once the files have changed and then stayed the same for one look (a writer replacing the
         certificate and then the key is not caught in between); True when a new context is in use. A set that
         does not load keeps the current context and logs one error (until the files change and load again)."""
-        stamp = self._stat()
-        if stamp == self._stamp:
-            self._pending = None
+        files = self._files
+        signature = files.settled()
+        if signature is None:
             return False
-        if stamp != self._pending:
-            self._pending = stamp  # changed since the last look: wait for it to settle
-            return False
-        self._stamp = stamp
-        self._pending = None
+        files.loaded = signature  # a set that does not load is not tried again until it changes
         try:
             context = self._build()
         except ValueError as exc:
@@ -249,14 +232,6 @@ class MeshGate:
         self.target = target
         self._compiled: tuple[MtlsConfig, AllowList | None, frozenset[str]] | None = None
 
-    def _mesh(self) -> Any:
-        from ..extension import _RUNNING, STATE_KEY
-
-        mesh = getattr(getattr(self.target, "state", None), STATE_KEY, None)
-        if mesh is None and len(_RUNNING) == 1:
-            mesh = _RUNNING[0]
-        return mesh
-
     def _rules(self, mesh: Any) -> tuple[AllowList | None, frozenset[str]]:
         mtls: MtlsConfig = mesh.settings.mtls if mesh is not None else self.settings.mtls
         compiled = self._compiled
@@ -270,7 +245,7 @@ class MeshGate:
         if not self.tls or kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        mesh = self._mesh()
+        mesh = running_mesh(self.target)
         allow, plain_paths = self._rules(mesh)
         extensions = scope.get("extensions")
         if not extensions or TLS_EXTENSION not in extensions:

@@ -2,80 +2,26 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fastapi_mesh import MeshClient, MeshSettings, UpstreamUnavailable
+from fastapi_mesh.security.certs import CertificateAuthority
 from tests.upstreams import Fleet, Replica
 
 pytestmark = pytest.mark.anyio
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 def make_pki(directory: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate with a SPIFFE identity."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("mesh-ca"))
-        .issuer_name(_name("mesh-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write(directory / "ca", ca_key, ca)
-
-    def leaf(name: str, san: x509.GeneralName, usage: x509.ObjectIdentifier) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        _write(directory / name, key, cert)
-
-    leaf(
-        "server",
-        x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/secure"),
-        ExtendedKeyUsageOID.SERVER_AUTH,
-    )
-    leaf(
-        "client",
-        x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/api-gateway"),
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-    )
-    return {p.stem + p.suffix: p for p in directory.iterdir()}
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, each with a SPIFFE identity."""
+    ca = CertificateAuthority.create()
+    ca.write(directory)
+    ca.issue("secure", dns_names=["127.0.0.1"]).write(directory / "server")
+    ca.issue("api-gateway", dns_names=[]).write(directory / "client")
+    files = {f"{who}.{ext}": directory / who / f"tls.{ext}" for who in ("server", "client") for ext in ("crt", "key")}
+    return {"ca.crt": directory / "ca.crt", **files}
 
 
 async def start_mtls_replica(fleet: Fleet, pki: dict[str, Path]) -> Replica:

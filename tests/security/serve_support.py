@@ -1,14 +1,13 @@
 """``fastapi-mesh serve`` as a real process for tests, and the certificates its callers present.
 
-``Pki`` issues, from one development CA (``fastapi_mesh.security.certs``), the server's certificate and the
-callers' (plus one from another CA, an expired one, one without a SPIFFE ID). ``Served`` starts
-``python -m fastapi_mesh.cli serve`` on loopback with ``MESH_*`` variables, waits until it answers, keeps its
-log in a file, and stops it.
+``Pki`` issues, from one development CA (``fastapi_mesh.security.certs``, through ``tls_support.ClientPki``),
+the server's certificate and the callers' (plus one from another CA, an expired one, one without a SPIFFE ID).
+``Served`` starts ``python -m fastapi_mesh.cli serve`` on loopback with ``MESH_*`` variables, waits until it
+answers, keeps its log in a file, and stops it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket
@@ -16,16 +15,15 @@ import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 from cryptography import x509
 
-from fastapi_mesh.security.certs import CertificateAuthority, IssuedCertificate
+from tests.security.tls_support import ROOT, ClientPki, Files, stop_process
+from tests.upstreams import unused_port
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.security.server_app:app"
 START_TIMEOUT = 20.0
 GATEWAY = "spiffe://cluster.local/ns/default/sa/api-gateway"
@@ -33,63 +31,27 @@ USERS = "spiffe://cluster.local/ns/default/sa/user-service"
 BACKUP = "spiffe://cluster.local/ns/ops/sa/backup"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Identity:
-    """A certificate and key on disk."""
-
-    directory: Path
-    issued: IssuedCertificate
-
-    @property
-    def cert(self) -> Path:
-        return self.directory / "tls.crt"
-
-    @property
-    def key(self) -> Path:
-        return self.directory / "tls.key"
-
-
-class Pki:
-    """A CA in ``root`` and certificates issued by it (and by a second, unrelated CA)."""
+class Pki(ClientPki):
+    """A CA in ``root``, another unrelated one, and the certificates of the server (``orders``) and its callers."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ca = CertificateAuthority.create()
-        self.ca.write(root / "ca")
-        self.ca_path = root / "ca" / "ca.crt"
-        self.other_ca = CertificateAuthority.create()
-        self.other_ca.write(root / "other-ca")
-        self.server = self.issue("orders")
-        self.gateway = self.issue("api-gateway")
-        self.users = self.issue("user-service")
-        self.backup = self.issue("backup", namespace="ops")
-        self.no_spiffe = self.issue("legacy", identity=None, name="no-spiffe")
-        self.foreign = Identity(root / "foreign", self.other_ca.issue("api-gateway"))
-        self.foreign.issued.write(self.foreign.directory)
-        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-        self.expired = self.issue("api-gateway", name="expired", not_before=past, not_after=past + dt.timedelta(days=1))
+        super().__init__(root)
+        self.server = self.issue("orders", "orders")
+        self.gateway = self.issue("api-gateway", "api-gateway")
+        self.users = self.issue("user-service", "user-service")
+        self.backup = self.issue("backup", "backup", namespace="ops")
+        self.no_spiffe = self.issue("no-spiffe", "legacy", identity=None)
+        self.foreign = self.issue("foreign", "api-gateway", ca=self.other_ca)
+        self.expired = self.issue_expired("expired", "api-gateway")
 
-    def issue(self, service: str, *, name: str | None = None, **options: object) -> Identity:
-        issued = self.ca.issue(service, **options)  # type: ignore[arg-type]
-        directory = self.root / (name or service)
-        issued.write(directory, ca=self.ca)
-        return Identity(directory, issued)
-
-    def client_context(self, who: Identity | None, *, ca: Path | None = None) -> ssl.SSLContext:
+    def client_context(self, who: Files | None, *, ca: Path | None = None) -> ssl.SSLContext:
         """What a caller uses: trusts the mesh CA (or ``ca``), presents ``who``'s certificate (None: none)."""
         context = ssl.create_default_context(cafile=str(ca or self.ca_path))
         if who is not None:
             context.load_cert_chain(who.cert, who.key)
         return context
 
-    def server_env(self, server: Identity | None = None, ca: Path | None = None) -> dict[str, str]:
+    def server_env(self, server: Files | None = None, ca: Path | None = None) -> dict[str, str]:
         server = server or self.server
         return {
             "MESH_MTLS__ENABLED": "true",
@@ -126,8 +88,8 @@ class Served:
         wait: bool = True,
         log_dir: Path | None = None,
     ) -> None:
-        self.port = free_port()
-        self.plain_port = free_port() if plain else None
+        self.port = unused_port()
+        self.plain_port = unused_port() if plain else None
         self.tls = tls
         self.ready_context = ready_context
         self.args = args
@@ -194,15 +156,7 @@ class Served:
         self.process.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def __enter__(self) -> Served:
         try:
@@ -217,7 +171,7 @@ class Served:
         self.stop()
 
 
-def client(pki: Pki, who: Identity | None, **options: object) -> httpx.Client:
+def client(pki: Pki, who: Files | None, **options: object) -> httpx.Client:
     """An httpx client presenting ``who``'s certificate to the mesh."""
     return httpx.Client(verify=pki.client_context(who), trust_env=False, timeout=5.0, **options)  # type: ignore[arg-type]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,17 +20,6 @@ from tests.security.serve_support import BACKUP, GATEWAY, USERS, Pki, Served, cl
 pytestmark = pytest.mark.integration
 
 IDENTITIES = ("spiffe://", "api-gateway", "user-service", "backup", "cluster.local", "ops")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with Served(pki.server_env(), log_dir=tmp_path_factory.mktemp("logs")) as served:
-        yield served
 
 
 def denied_counts(served: Served) -> dict[str, float]:

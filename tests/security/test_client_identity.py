@@ -71,7 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             log_dir=root,
         ),
         other_ca=TlsServer("other-ca", pki.issue("other-ca", "orders", ca=pki.other_ca), serve=False, log_dir=root),
-        expired=TlsServer("expired", pki.expired("expired", "orders"), serve=False, log_dir=root),
+        expired=TlsServer("expired", pki.issue_expired("expired", "orders"), serve=False, log_dir=root),
         tls10=TlsServer(
             "tls10", pki.issue("tls10", "orders"), serve=False, uvicorn_options=["--ssl-version", "3", *old_tls]
         ),

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from fastapi_mesh.security.certs import CertificateAuthority, IssuedCertificate
-from tests.security.serve_support import GATEWAY, Identity, Pki, Served, client, peer_certificate, wait_until
+from tests.security.serve_support import GATEWAY, Files, Pki, Served, client, peer_certificate, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,15 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(tmp_path / "pki")
 
 
-def own_copy(pki: Pki, tmp_path: Path) -> Identity:
+def own_copy(pki: Pki, tmp_path: Path) -> Files:
     """The server's files in a directory of their own, which the test then rewrites."""
     directory = tmp_path / "server"
     shutil.copytree(pki.server.directory, directory)
-    return Identity(directory, pki.server.issued)
+    return Files(directory, pki.server.issued)
 
 
-def rewrite(identity: Identity, issued: IssuedCertificate) -> None:
-    issued.write(identity.directory)  # each file replaced whole (a rename), as a secret volume does
+def rewrite(files: Files, issued: IssuedCertificate) -> None:
+    issued.write(files.directory)  # each file replaced whole (a rename), as a secret volume does
 
 
 def test_a_rotated_certificate_is_used_by_new_connections_while_an_open_one_finishes(
@@ -100,7 +100,7 @@ def test_a_new_ca_is_trusted_and_the_old_one_no_longer_is(pki: Pki, tmp_path: Pa
     with Served({**pki.server_env(server, ca=ca_path), **RELOAD}, log_dir=tmp_path) as served:
         new_ca = CertificateAuthority.create()
         new_ca.write(tmp_path / "new-ca")
-        caller = Identity(tmp_path / "new-gateway", new_ca.issue("api-gateway"))
+        caller = Files(tmp_path / "new-gateway", new_ca.issue("api-gateway"))
         caller.issued.write(caller.directory)
         server_cert = new_ca.issue("orders")
         rewrite(server, server_cert)

@@ -19,11 +19,6 @@ from tests.security.serve_support import GATEWAY, Pki, Served, client
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
 def no_mesh_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in list(os.environ):

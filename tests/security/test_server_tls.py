@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import ssl
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,17 +15,6 @@ from cryptography import x509
 from tests.security.serve_support import GATEWAY, Pki, Served, client, peer_certificate
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with Served(pki.server_env(), log_dir=tmp_path_factory.mktemp("logs")) as served:
-        yield served
 
 
 def _refused(served: Served, context: ssl.SSLContext) -> BaseException:

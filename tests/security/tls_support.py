@@ -1,11 +1,11 @@
-"""Certificates and real TLS servers for the client-side mTLS tests.
+"""Certificates and real TLS servers for the mTLS tests.
 
 ``ClientPki`` issues certificates from a development CA (``fastapi_mesh.security.certs``) and from a second,
-unrelated one. ``TlsServer`` runs ``tests.security.client_app`` in a child process: under ``fastapi-mesh
-serve`` (client certificates required, the caller's identity at ``/whoami``) or under plain uvicorn with the
-ssl options a test needs (a certificate from another CA, an expired one, TLS 1.0 or 1.1 only). Servers start
-together (``start_all``) and are waited for with a deadline. ``ConnectionCounter`` sits in front of a server
-and counts the TCP connections made to it.
+unrelated one, each written to a directory of its own (``Files``). ``TlsServer`` runs
+``tests.security.client_app`` in a child process: under ``fastapi-mesh serve`` (client certificates required,
+the caller's identity at ``/whoami``) or under plain uvicorn with the ssl options a test needs (a certificate
+from another CA, an expired one, TLS 1.0 or 1.1 only). Servers start together (``start_all``) and are waited
+for with a deadline. ``ConnectionCounter`` sits in front of a server and counts the TCP connections made to it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi_mesh import MeshSettings
 from fastapi_mesh.security.certs import CertificateAuthority, IssuedCertificate
+from tests.upstreams import unused_port
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.security.client_app:app"
@@ -36,19 +37,17 @@ START_TIMEOUT = 30.0
 WAIT_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Files:
-    """A certificate and its key on disk, and the SPIFFE ID it carries."""
+    """A certificate and its key on disk (``tls.crt``, ``tls.key`` in ``directory``), as issued."""
 
     directory: Path
-    identity: str | None
+    issued: IssuedCertificate
+
+    @property
+    def identity(self) -> str | None:
+        """The SPIFFE ID it carries."""
+        return self.issued.identity
 
     @property
     def cert(self) -> Path:
@@ -78,9 +77,9 @@ class ClientPki:
     def write(self, name: str, issued: IssuedCertificate) -> Files:
         directory = self.root / name
         issued.write(directory)
-        return Files(directory, issued.identity)
+        return Files(directory, issued)
 
-    def expired(self, name: str, service: str) -> Files:
+    def issue_expired(self, name: str, service: str) -> Files:
         past = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
         return self.issue(name, service, not_before=past, not_after=past + dt.timedelta(days=1))
 
@@ -149,7 +148,7 @@ class TlsServer:
         self.ca_path = ca_path
         self.caller = caller  #: what readiness checks and ``received`` present, when the server asks
         self.uvicorn_options = list(uvicorn_options)
-        self.port = free_port()
+        self.port = unused_port()
         self.log_path = (log_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / f"tls-{name}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -211,13 +210,18 @@ class TlsServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to ``process`` if it still runs, SIGKILL when it has not ended 10 s later."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextlib.contextmanager
