@@ -23,6 +23,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -86,18 +87,26 @@ def run_updates(size: int = SIZE, rounds: int = ROUNDS) -> dict[str, dict[str, f
 CALL_VARIANTS = ("stable", "same set republished", "one endpoint replaced")
 
 
+def _before_each_call(discovery: StaticDiscovery, variant: str) -> Callable[[int], None]:
+    """What ``variant`` does before call ``i``: nothing, the same set published again, or a set with one
+    endpoint replaced. The sets are built once (two, used in turn): what is timed is the call, not building
+    answers."""
+    base = _endpoints(10)
+    if variant == "one endpoint replaced":
+        sets = [[*base[1:], replacement] for replacement in _endpoints(2, base=100)]
+    elif variant == "same set republished":
+        sets = [base, list(base)]
+    else:
+        return lambda i: None
+    return lambda i: discovery.set_endpoints("svc", sets[i % 2])
+
+
 async def _call_round(client: MeshClient, discovery: StaticDiscovery, variant: str, calls: int) -> float:
     """Mean seconds per call over one round of ``variant`` (the publish before each call is not timed)."""
-    base = _endpoints(10)
-    # Two sets that differ in one endpoint, built once: what is timed is the call, not building answers.
-    sets = [[*base[1:], replacement] for replacement in (_endpoints(1, base=100)[0], _endpoints(1, base=101)[0])]
-    same = [base, list(base)]
+    before = _before_each_call(discovery, variant)
     total = 0.0
     for i in range(calls):
-        if variant == "one endpoint replaced":
-            discovery.set_endpoints("svc", sets[i % 2])
-        elif variant == "same set republished":
-            discovery.set_endpoints("svc", same[i % 2])
+        before(i)
         start = time.perf_counter()
         response = await client.get("svc", "/")
         total += time.perf_counter() - start
@@ -115,14 +124,10 @@ async def _python_calls_per_call(client: MeshClient, discovery: StaticDiscovery,
         if event == "call":
             counted += 1
 
-    base = _endpoints(10)
-    sets = [[*base[1:], replacement] for replacement in (_endpoints(1, base=200)[0], _endpoints(1, base=201)[0])]
+    before = _before_each_call(discovery, variant)
     calls = 50
     for i in range(calls):
-        if variant == "one endpoint replaced":
-            discovery.set_endpoints("svc", sets[i % 2])
-        elif variant == "same set republished":
-            discovery.set_endpoints("svc", list(base))
+        before(i)
         sys.setprofile(count)
         try:
             await client.get("svc", "/")

@@ -3,12 +3,14 @@
 For each replica it serves what a cluster's DNS would for a Service with a named port ``http``: an SRV
 record ``_http._tcp.<service>.<namespace>.svc.<cluster_domain>`` whose target is the replica's own name,
 and an A record for that name (127.0.0.1). The gateway then finds its upstreams with the ``kubernetes-dns``
-backend, as it would in a cluster.
+backend, as it would in a cluster. ``Dnsmasq.serve(lines)`` serves any configuration (the DNS discovery
+tests run their records through it).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -16,13 +18,18 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
 
 HOST = "127.0.0.1"
 NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"
+#: Seconds to wait for dnsmasq to answer after a start, or to exit after a stop.
 START_TIMEOUT = 5.0
+STOP_TIMEOUT = 5.0
 
 
 class DnsmasqError(RuntimeError):
@@ -64,24 +71,54 @@ def config_lines(replicas: Iterable[tuple[str, str, int]]) -> list[str]:
     return lines
 
 
-@dataclass
-class Dnsmasq:
-    """A dnsmasq process on 127.0.0.1:``port`` serving only the records it was given (no upstream DNS)."""
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free for both UDP and TCP (dnsmasq serves both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+        return port
+    raise DnsmasqError(f"no port free for both UDP and TCP on {HOST}")
 
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+class Dnsmasq:
+    """A dnsmasq process on 127.0.0.1:``port`` serving only what it was given (no upstream DNS, no hosts file).
+
+    The port is picked at construction and kept, so ``stop()`` then ``serve()`` again answers at the same
+    ``nameserver``. Its configuration, pid file and log go to ``directory`` (default: a temporary one).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._directory = Path(directory) if directory is not None else None
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def nameserver(self) -> str:
         return f"{HOST}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, replicas: Sequence[tuple[str, str, int]]) -> None:
+        """Serve the demo's records for ``(service, replica name, port)`` triples (``config_lines``)."""
+        self.serve(config_lines(replicas))
+
+    def serve(self, lines: Iterable[str]) -> None:
+        """Start dnsmasq with these configuration lines; returns once it answers queries."""
+        if self.running:
+            raise DnsmasqError("dnsmasq is already running; stop() it first")
         binary = find_dnsmasq()
-        self._dir = tempfile.TemporaryDirectory(prefix="mesh-dnsmasq-")
-        conf = Path(self._dir.name) / "dnsmasq.conf"
-        conf.write_text("\n".join(config_lines(replicas)) + "\n")
-        self.port = self.port or _free_udp_port()
+        directory = self._working_directory()
+        conf = directory / "dnsmasq.conf"
+        conf.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
         command = [
             binary,
             "--keep-in-foreground",
@@ -91,50 +128,59 @@ class Dnsmasq:
             f"--listen-address={HOST}",
             f"--port={self.port}",
             f"--conf-file={conf}",
-            f"--pid-file={Path(self._dir.name) / 'dnsmasq.pid'}",
+            f"--pid-file={directory / 'dnsmasq.pid'}",
+            f"--user={pwd.getpwuid(os.getuid()).pw_name}",  # as root it would switch to 'nobody'
+            "--log-facility=-",  # log to stderr (the log file), not syslog
         ]
-        if os.geteuid() == 0:
-            command.append("--user=root")  # dnsmasq would switch to 'nobody', who cannot read the conf
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        with (directory / "dnsmasq.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self._wait_answering()
 
-    def _wait_answering(self) -> None:
-        import dns.exception
-        import dns.message
-        import dns.query
-        import dns.rdatatype
+    def stop(self) -> None:
+        """Stop dnsmasq (SIGTERM, then SIGKILL if it lingers); its port refuses queries afterwards."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
 
+    def _working_directory(self) -> Path:
+        if self._directory is not None:
+            return self._directory
+        if self._temporary is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="mesh-dnsmasq-")
+        return Path(self._temporary.name)
+
+    def _wait_answering(self) -> None:
+        query = dns.message.make_query(f"probe.{CLUSTER_DOMAIN}.", "A")  # any answer will do, even REFUSED
         deadline = time.monotonic() + START_TIMEOUT
-        query = dns.message.make_query(srv_name("user-service"), dns.rdatatype.SRV)
         while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise DnsmasqError(f"dnsmasq exited with code {self.process.returncode}")
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise DnsmasqError(f"dnsmasq exited with code {self.process.returncode}:\n{self._log()}")
             try:
                 dns.query.udp(query, HOST, port=self.port, timeout=0.2)
                 return
             except (OSError, dns.exception.Timeout):
                 if time.monotonic() >= deadline:
+                    log = self._log()
+                    self.stop()
                     raise DnsmasqError(
-                        f"dnsmasq did not answer on {self.nameserver} within {START_TIMEOUT:g}s"
+                        f"dnsmasq did not answer on {self.nameserver} within {START_TIMEOUT:g}s:\n{log}"
                     ) from None
-                time.sleep(0.05)
+                time.sleep(0.02)
 
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    def _log(self) -> str:
+        try:
+            text = (self._working_directory() / "dnsmasq.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-2000:]

@@ -9,13 +9,22 @@ import httpx
 
 from ..settings import EndpointConfig, check_endpoint_url
 
-__all__ = ["Discovery", "Endpoint", "Publish"]
+__all__ = ["Discovery", "Endpoint", "Publish", "url_host"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 #: The largest endpoint weight (as ``EndpointConfig.weight`` allows).
 MAX_WEIGHT = 10_000
+
+
+def url_host(address: str) -> str:
+    """``address`` as the host of a URL: an IPv6 address in brackets, anything else as it is.
+
+    >>> url_host("fd00::1"), url_host("10.0.0.1"), url_host("[fd00::1]")
+    ('[fd00::1]', '10.0.0.1', '[fd00::1]')
+    """
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 class Endpoint:
@@ -43,7 +52,7 @@ class Endpoint:
         explicit = parsed.port
         self.port: int | None = explicit
         default = _DEFAULT_PORTS[self.scheme]
-        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = url_host(self.host)
         self.host_header = netloc if explicit in (None, default) else f"{netloc}:{explicit}"
         self.host_header_bytes = self.host_header.encode("ascii")
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:

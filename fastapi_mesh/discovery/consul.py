@@ -26,10 +26,10 @@ from urllib.parse import quote
 import httpx
 
 from ..clock import Clock
+from ..security.files import client_tls_context
 from ..settings import DiscoveryConfig, MtlsConfig
-from ..stack import client_tls_context
-from .base import Endpoint
-from .sync import Answer, BackgroundDiscovery, MalformedAnswer, short_error
+from .base import Endpoint, url_host
+from .sync import Answer, BackgroundDiscovery, MalformedAnswer, clip, short_error
 
 __all__ = ["ConsulDiscovery", "ConsulError", "consul_ssl_context", "go_duration"]
 
@@ -52,8 +52,6 @@ QUICK_ANSWER = 1.0
 #: Queries for one service start at least this far apart even while its index keeps moving (Consul's docs ask
 #: clients to rate-limit their blocking loops); a change is still applied the moment its answer comes.
 MIN_QUERY_INTERVAL = 0.05
-#: Error bodies kept in messages.
-_BODY_CHARS = 200
 #: Entries named in one "skipped" warning.
 _SKIPPED_NAMED = 5
 
@@ -249,10 +247,9 @@ class ConsulDiscovery(BackgroundDiscovery):
         """The body of ``PUT /v1/agent/service/register`` for this service."""
         config = self.config
         address = self._address()
-        host = f"[{address}]" if ":" in address and not address.startswith("[") else address
         scheme = "https" if self.mtls.enabled else "http"
         check: dict[str, Any] = {
-            "HTTP": f"{scheme}://{host}:{config.service_port}/health/ready",
+            "HTTP": f"{scheme}://{url_host(address)}:{config.service_port}/health/ready",
             "Interval": go_duration(config.check_interval),
             "DeregisterCriticalServiceAfter": go_duration(config.deregister_critical_after),
         }
@@ -430,9 +427,8 @@ def _endpoint(node: Mapping[str, Any], svc: Mapping[str, Any]) -> Endpoint:
         passing = weights.get("Passing") if isinstance(weights, Mapping) else None
         weight = passing if isinstance(passing, int) and not isinstance(passing, bool) else 1
     zone = metadata.get("zone") or node_meta.get("zone")
-    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
     return Endpoint(
-        f"{scheme}://{host}:{port}",
+        f"{scheme}://{url_host(address)}:{port}",
         weight=weight,
         metadata=metadata,
         zone=zone if isinstance(zone, str) and zone else None,
@@ -440,5 +436,4 @@ def _endpoint(node: Mapping[str, Any], svc: Mapping[str, Any]) -> Endpoint:
 
 
 def _body(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return (text[: _BODY_CHARS - 1] + "…" if len(text) > _BODY_CHARS else text) or "(no body)"
+    return clip(response.text.strip().replace("\n", " ")) or "(no body)"

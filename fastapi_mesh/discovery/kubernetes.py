@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +33,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from ..clock import Clock
-from ..settings import DiscoveryConfig
+from ..settings import DNS_LABEL, DiscoveryConfig
 from .base import Endpoint
 from .sync import MAX_WATCHED_SERVICES, BackgroundDiscovery, MalformedAnswer
 
@@ -56,7 +55,7 @@ WATCH_READ_SLACK = 30.0
 #: A watch that ends sooner than this without a single event is not resumed at once, but after a backoff.
 SHORT_WATCH = 1.0
 #: Kubernetes Service names are DNS labels; anything else is not asked for (it would go into a label selector).
-_SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SERVICE_NAME = DNS_LABEL  # a Service name is a DNS label
 _ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 _SLICE_EVENTS = ("ADDED", "MODIFIED", "DELETED")
 _HTTP_GONE = 410

@@ -17,7 +17,6 @@ trailing dot) is taken as the service's full DNS name.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import re
 import time
@@ -34,8 +33,8 @@ import dns.resolver
 import dns.rrset
 
 from ..clock import Clock
-from ..settings import DiscoveryConfig, split_nameserver
-from .base import MAX_WEIGHT, Endpoint
+from ..settings import DNS_LABEL, DiscoveryConfig, split_nameserver
+from .base import MAX_WEIGHT, Endpoint, url_host
 from .sync import Answer, BackgroundDiscovery, MalformedAnswer
 
 __all__ = ["KubernetesDNSDiscovery"]
@@ -51,7 +50,7 @@ TARGET_LOOKUPS_AT_ONCE = 16
 #: EDNS UDP payload size (the DNS flag day 2020 value): large SRV answers fit without a TCP retry.
 EDNS_PAYLOAD = 1232
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = DNS_LABEL
 
 
 class KubernetesDNSDiscovery(BackgroundDiscovery):
@@ -274,8 +273,7 @@ class KubernetesDNSDiscovery(BackgroundDiscovery):
 
     def _endpoint(self, address: str, port: int, weight: int, name: str, metadata: dict[str, str]) -> Endpoint:
         try:
-            host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-            return Endpoint(f"{self._scheme}://{host}:{port}", weight=weight, metadata=metadata)
+            return Endpoint(f"{self._scheme}://{url_host(address)}:{port}", weight=weight, metadata=metadata)
         except ValueError as exc:
             raise MalformedAnswer(f"DNS answer for {name}: {exc}") from None
 

@@ -27,14 +27,14 @@ from ..clock import Clock, MonotonicClock
 from ..settings import DiscoveryConfig
 from .base import Endpoint, Publish
 
-__all__ = ["Answer", "BackgroundDiscovery", "MalformedAnswer", "SyncStatus", "short_error"]
+__all__ = ["Answer", "BackgroundDiscovery", "MalformedAnswer", "SyncStatus", "clip", "short_error"]
 
 logger = logging.getLogger("fastapi_mesh.discovery")
 
 #: Services one backend tracks at once: a gateway that takes service names from its URL must not start an
 #: unbounded number of background queries. Names beyond this are not watched (and logged once).
 MAX_WATCHED_SERVICES = 1024
-#: Error text kept in the status: enough to recognise the failure, short enough for a probe body.
+#: Error text kept in a status: enough to recognise the failure, short enough for a probe body.
 _ERROR_CHARS = 200
 
 
@@ -310,7 +310,7 @@ class BackgroundDiscovery:
 
     def _deliver(self, service: str, endpoints: tuple[Endpoint, ...]) -> None:
         self._status_of(service).endpoints = len(endpoints)
-        if self._published.get(service) == endpoints and service in self._published:
+        if self._published.get(service) == endpoints:  # None (never published) equals no tuple
             return
         self._published[service] = endpoints
         if self._publish is not None:
@@ -324,6 +324,18 @@ class BackgroundDiscovery:
 
 
 def short_error(error: BaseException) -> str:
-    """``"ConnectError: ..."``: an error's type and message, cut to a length fit for a status body or a log line."""
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
+    """``"ConnectError: ..."``: an error's type and message, cut to a length fit for a status body or a log line.
+
+    >>> short_error(ConnectionError("refused")), short_error(TimeoutError())
+    ('ConnectionError: refused', 'TimeoutError')
+    """
+    return clip(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+
+
+def clip(text: str, limit: int = _ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last of them an ellipsis when it was cut.
+
+    >>> clip("abcdef", 4)
+    'abc…'
+    """
+    return text if len(text) <= limit else text[: limit - 1] + "…"

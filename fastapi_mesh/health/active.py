@@ -32,6 +32,7 @@ import httpx
 
 from ..balancing.balancer import Balancer, EndpointState
 from ..clock import Clock, MonotonicClock
+from ..discovery.sync import short_error
 from ..settings import ActiveHealthCheckConfig
 
 __all__ = ["USER_AGENT", "ActiveHealthChecker"]
@@ -40,8 +41,6 @@ logger = logging.getLogger("fastapi_mesh.health")
 
 #: The ``user-agent`` of every probe, so an upstream can tell probes from calls (and leave them out of logs).
 USER_AGENT = "fastapi-mesh-health-check"
-#: Error text kept per endpoint: the exception's type and message, cut short.
-_ERROR_CHARS = 200
 
 
 class _Target:
@@ -248,7 +247,7 @@ class ActiveHealthChecker:
         except (TimeoutError, httpx.TimeoutException):
             return False, None, f"timeout: no answer within {config.timeout:g}s"
         except Exception as exc:  # connect errors, TLS errors, a broken answer: all mean the probe failed
-            return False, None, _short(exc)
+            return False, None, short_error(exc)
         status = response.status_code
         if status in self._expected:
             return True, status, None
@@ -319,8 +318,3 @@ class ActiveHealthChecker:
             "failed_checks": self.failed_checks,
             "endpoints": [target.as_dict() for target in self._targets.values()],
         }
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 3] + "..."

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from ..clock import Clock, MonotonicClock
+from ..discovery.sync import short_error
 from ..settings import HealthCheckConfig
 
 __all__ = ["CheckKind", "HealthCheckFn", "HealthManager"]
@@ -35,8 +36,6 @@ HealthCheckFn = Callable[[], Awaitable[bool | None] | bool | None]
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 KINDS: tuple[CheckKind, ...] = ("liveness", "readiness", "startup")
-#: Error text kept per check: the exception's type and message, cut short; never a traceback.
-_ERROR_CHARS = 200
 EVENT_LOOP_CHECK = "event-loop"
 BACKGROUND_TASKS_CHECK = "background-tasks"
 
@@ -72,6 +71,7 @@ class _Check:
         fn: HealthCheckFn,
         kind: CheckKind,
         critical: bool,
+        config: HealthCheckConfig,
         *,
         interval: float | None = None,
         timeout: float | None = None,
@@ -82,11 +82,11 @@ class _Check:
         self.fn = fn
         self.kind = kind
         self.critical = critical
-        #: None: the ``health_check`` setting for the kind applies.
-        self.interval = interval
-        self.timeout = timeout
-        self.failure_threshold = failure_threshold
-        self.success_threshold = success_threshold
+        # The check's own values, else the ``health_check`` settings (the interval of its kind).
+        self.interval = interval or (config.liveness_interval if kind == "liveness" else config.readiness_interval)
+        self.timeout = timeout or config.check_timeout
+        self.failure_threshold = failure_threshold or config.failure_threshold
+        self.success_threshold = success_threshold or config.success_threshold
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
         )
@@ -107,22 +107,22 @@ class _Check:
         #: The worker thread of a sync check is still busy (a timed-out run cannot be stopped).
         self.thread: asyncio.Future[Any] | None = None
 
-    def record(self, ok: bool, error: str | None, config: HealthCheckConfig) -> None:
+    def record(self, ok: bool, error: str | None) -> None:
         self.passed = ok
         self.last_error = error
         if ok:
             self.consecutive_successes += 1
             self.consecutive_failures = 0
             self.ever_passed = True
-            if not self.healthy and self.consecutive_successes >= (self.success_threshold or config.success_threshold):
+            if not self.healthy and self.consecutive_successes >= self.success_threshold:
                 self.healthy = True
         else:
             self.consecutive_failures += 1
             self.consecutive_successes = 0
-            if self.healthy and self.consecutive_failures >= (self.failure_threshold or config.failure_threshold):
+            if self.healthy and self.consecutive_failures >= self.failure_threshold:
                 self.healthy = False
 
-    def as_dict(self, verbose: bool, config: HealthCheckConfig) -> dict[str, object]:
+    def as_dict(self, verbose: bool) -> dict[str, object]:
         body: dict[str, object] = {
             "status": "unknown" if self.passed is None else ("pass" if self.healthy else "fail"),
             "critical": self.critical,
@@ -137,17 +137,13 @@ class _Check:
                 kind=self.kind,
                 last_result=None if self.passed is None else ("pass" if self.passed else "fail"),
                 consecutive_successes=self.consecutive_successes,
-                interval_s=self.interval or _interval(self.kind, config),
-                timeout_s=self.timeout or config.check_timeout,
-                failure_threshold=self.failure_threshold or config.failure_threshold,
-                success_threshold=self.success_threshold or config.success_threshold,
+                interval_s=self.interval,
+                timeout_s=self.timeout,
+                failure_threshold=self.failure_threshold,
+                success_threshold=self.success_threshold,
                 running=self.running_since is not None,
             )
         return body
-
-
-def _interval(kind: CheckKind, config: HealthCheckConfig) -> float:
-    return config.liveness_interval if kind == "liveness" else config.readiness_interval
 
 
 def _iso(wall: float | None) -> str | None:
@@ -160,11 +156,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve a finished worker thread's outcome, so a late failure is not reported as never retrieved."""
     if not future.cancelled():
         future.exception()
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
 
 
 class LoopLagMonitor:
@@ -214,7 +205,6 @@ class HealthManager:
         self._started_at: float | None = None
         self._drain_started: float | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._rounds: dict[str, float] = {}  # check name -> clock time its loop last finished a round
         self._lag: LoopLagMonitor | None = None
         self._add_builtin_checks()
 
@@ -250,12 +240,16 @@ class HealthManager:
             check,
             kind,
             critical,
+            self.config,
             interval=interval,
             timeout=timeout,
             failure_threshold=failure_threshold,
             success_threshold=success_threshold,
         )
-        if self._phase == "started" and name not in self._tasks:
+        if self._phase == "started":
+            replaced = self._tasks.pop(name, None)
+            if replaced is not None:
+                replaced.cancel()  # the loop of the check this one replaces
             self._tasks[name] = asyncio.get_running_loop().create_task(self._loop(self._checks[name]))
 
     def _add_builtin_checks(self) -> None:
@@ -264,19 +258,19 @@ class HealthManager:
             threshold: float = configured
             monitor = self._lag = LoopLagMonitor(min(0.5, threshold / 2))
 
-            def event_loop() -> bool:
+            async def event_loop() -> bool:  # on the loop: a pool busy with stuck sync checks cannot delay it
                 lag = monitor.take()
                 if lag > threshold:
                     raise RuntimeError(f"the event loop fell {lag:.2f}s behind (threshold {threshold:g}s)")
                 return True
 
-            self._checks[EVENT_LOOP_CHECK] = _Check(EVENT_LOOP_CHECK, event_loop, "liveness", True)
+            self._checks[EVENT_LOOP_CHECK] = _Check(EVENT_LOOP_CHECK, event_loop, "liveness", True, self.config)
         self._checks[BACKGROUND_TASKS_CHECK] = _Check(
-            BACKGROUND_TASKS_CHECK, self._background_tasks, "liveness", True
+            BACKGROUND_TASKS_CHECK, self._background_tasks, "liveness", True, self.config
         )
 
     async def _background_tasks(self) -> bool:
-        """No health loop has died or stopped finishing rounds; no check is stuck in a run."""
+        """No health loop has died; no check is stuck in a run."""
         if self._phase != "started":
             return True
         now = self._clock.now()
@@ -308,10 +302,10 @@ class HealthManager:
         if check.thread is not None and not check.thread.done():
             # A sync check's earlier run is still busy in its thread: never start a second one beside it.
             since = check.running_since if check.running_since is not None else self._clock.now()
-            check.record(False, f"still running after {self._clock.now() - since:.1f}s", self.config)
+            check.record(False, f"still running after {self._clock.now() - since:.1f}s")
             check.last_failure = self._wall()
             return
-        timeout = check.timeout or self.config.check_timeout
+        timeout = check.timeout
         error: str | None = None
         start = self._clock.now()
         check.running_since = start
@@ -336,7 +330,7 @@ class HealthManager:
                 raise  # we are being stopped
             ok, error = False, "CancelledError: the check's own work was cancelled"
         except Exception as exc:
-            ok, error = False, _short(exc)
+            ok, error = False, short_error(exc)
         finally:
             if check.thread is None or check.thread.done():
                 check.running_since = None
@@ -350,7 +344,7 @@ class HealthManager:
             check.last_failure = self._wall()
         was = check.healthy
         had_failed = check.consecutive_failures > 0
-        check.record(ok, error, self.config)
+        check.record(ok, error)
         if was and not check.healthy:
             logger.warning("health check %r (%s) is failing: %s", check.name, check.kind, error)
         elif check.healthy and not was and had_failed:
@@ -383,9 +377,8 @@ class HealthManager:
     async def _loop(self, check: _Check) -> None:
         # Real waits, whatever the clock: a test clock that jumps ahead on sleep would spin this loop.
         # Tests drive checks with ``run(kind)`` or ``run_check(name)`` instead.
-        interval = check.interval or _interval(check.kind, self.config)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(check.interval)
             if check.kind == "startup" and self._startup_done:
                 continue
             try:
@@ -424,7 +417,7 @@ class HealthManager:
 
     def _summary(self, kind: CheckKind, reason: str | None = None, verbose: bool = False) -> dict[str, object]:
         mine = [c for c in self._checks.values() if c.kind == kind]
-        checks = {c.name: c.as_dict(verbose, self.config) for c in mine}
+        checks = {c.name: c.as_dict(verbose) for c in mine}
         status = HEALTHY
         if reason is not None or any(c.critical and not c.healthy and c.passed is not None for c in mine):
             status = UNHEALTHY

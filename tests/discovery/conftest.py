@@ -24,12 +24,11 @@ async def dnsmasq(tmp_path: Path) -> AsyncIterator[Dnsmasq]:
 
     Without dnsmasq installed the test fails on CI (``CI=true``) and is skipped elsewhere, saying how to get it.
     """
-    binary = find_dnsmasq()
-    if binary is None:
+    if find_dnsmasq() is None:
         if _on_ci():
             pytest.fail(MISSING, pytrace=False)
         pytest.skip(MISSING)
-    server = Dnsmasq(binary, tmp_path)
+    server = Dnsmasq(tmp_path)
     try:
         yield server
     finally:

@@ -1,9 +1,11 @@
-"""A discovery backend that answers from a script, and a clock whose sleeps end only when a test moves it."""
+"""A discovery backend that answers from a script, a clock whose sleeps end only when a test moves it, and
+the bounded wait every discovery test polls with."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi_mesh.discovery import Answer, BackgroundDiscovery, Endpoint
@@ -71,8 +73,12 @@ class ScriptedDiscovery(BackgroundDiscovery):
         return Answer([Endpoint(url) for url in item])
 
 
-async def settle(condition: Any, *, timeout: float = 5.0) -> None:
-    """Yield to the loop until ``condition()`` holds (bounded)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
+async def eventually(condition: Callable[[], object], what: str = "the condition", timeout: float = 5.0) -> float:
+    """Seconds until ``condition()`` holds, polling; fails the test when it does not within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not condition():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        await asyncio.sleep(0.005)
+    return loop.time() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from fastapi_mesh import Mesh, MeshClient, MeshSettings, NoHealthyEndpoints
 from fastapi_mesh.discovery import MalformedAnswer
 from fastapi_mesh.settings import DiscoveryConfig
 from tests.apps import serve
-from tests.discovery.scripted import ScriptedDiscovery, SteppedClock, settle
+from tests.discovery.scripted import ScriptedDiscovery, SteppedClock, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -39,10 +40,10 @@ async def test_an_error_keeps_the_last_good_set_marks_it_stale_and_logs_once(
         assert (await client.get("users", "/")).status_code == 200
         caplog.set_level(logging.INFO, logger="fastapi_mesh.discovery")
         backend.queue("users", ConnectionError("refused"), MalformedAnswer("no index"), OSError("reset"))
-        await settle(lambda: clock.sleeping == 1)  # backing off after the first error
+        await eventually(lambda: clock.sleeping == 1)  # backing off after the first error
         for _ in range(3):
             await clock.advance(60)
-        await settle(lambda: backend.fetches["users"] == 5)
+        await eventually(lambda: backend.fetches["users"] == 5)
         status = client.get_metrics()["discovery"]["services"]["users"]
         assert status["stale"] is True
         assert status["errors"] == 3
@@ -55,13 +56,13 @@ async def test_an_error_keeps_the_last_good_set_marks_it_stale_and_logs_once(
         assert "keeping the last 2 endpoints" in warnings[0].getMessage()
 
         backend.queue("users", [A])
-        await settle(lambda: not client.get_metrics()["discovery"]["services"]["users"]["stale"])
+        await eventually(lambda: not client.get_metrics()["discovery"]["services"]["users"]["stale"])
         assert _urls(client, "users") == [A]
         assert any("answers again after 3 errors" in r.getMessage() for r in caplog.records)
 
 
 async def test_retries_back_off_with_jitter_up_to_the_ceiling() -> None:
-    backend = ScriptedDiscovery(DiscoveryConfig(backoff=1.0, max_backoff=8.0))
+    backend = ScriptedDiscovery(DiscoveryConfig(backoff=1.0, max_backoff=8.0), rng=random.Random(5))
     delays = [backend.backoff(n) for n in range(8)]
     ceilings = [1, 2, 4, 8, 8, 8, 8, 8]
     for delay, ceiling in zip(delays, ceilings, strict=True):
@@ -74,15 +75,15 @@ async def test_an_empty_answer_is_held_for_the_grace_then_believed(caplog: pytes
     backend = ScriptedDiscovery(DiscoveryConfig(empty_grace=30.0), clock=clock)
     backend.queue("users", [A])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
-        await settle(lambda: _urls(client, "users") == [A])
+        await eventually(lambda: _urls(client, "users") == [A])
         caplog.set_level(logging.WARNING, logger="fastapi_mesh.discovery")
         backend.queue("users", [])
-        await settle(lambda: client.get_metrics()["discovery"]["services"]["users"]["empty_held"])
+        await eventually(lambda: client.get_metrics()["discovery"]["services"]["users"]["empty_held"])
         await clock.advance(29)
         assert _urls(client, "users") == [A]
         assert (await client.get("users", "/")).status_code == 200
         await clock.advance(1)
-        await settle(lambda: _urls(client, "users") == [])
+        await eventually(lambda: _urls(client, "users") == [])
         with pytest.raises(NoHealthyEndpoints):
             await client.get("users", "/")
         messages = [r.getMessage() for r in caplog.records]
@@ -96,9 +97,9 @@ async def test_endpoints_coming_back_within_the_grace_cancel_it() -> None:
     backend.queue("users", [A], [])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
         client._rt.registry.get("users")
-        await settle(lambda: client.get_metrics()["discovery"]["services"]["users"]["empty_held"])
+        await eventually(lambda: client.get_metrics()["discovery"]["services"]["users"]["empty_held"])
         backend.queue("users", [B])
-        await settle(lambda: _urls(client, "users") == [B])
+        await eventually(lambda: _urls(client, "users") == [B])
         await clock.advance(60)
         assert _urls(client, "users") == [B]
 
@@ -118,7 +119,7 @@ async def test_a_call_before_the_first_sync_waits_for_it() -> None:
     backend.queue("users", gate, [A])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
         call = asyncio.create_task(client.get("users", "/"))
-        await settle(lambda: backend.fetches.get("users") == 1)
+        await eventually(lambda: backend.fetches.get("users") == 1)
         await asyncio.sleep(0.01)
         assert not call.done()  # waiting for the first answer, not failing
         gate.set()
@@ -144,7 +145,7 @@ async def test_a_failed_first_sync_releases_waiting_calls_at_once() -> None:
     backend.queue("users", gate, ConnectionError("consul down"))
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
         call = asyncio.create_task(client.get("users", "/", deadline=30.0))
-        await settle(lambda: backend.fetches.get("users") == 1)
+        await eventually(lambda: backend.fetches.get("users") == 1)
         gate.set()
         with pytest.raises(NoHealthyEndpoints):
             await asyncio.wait_for(call, 2)  # well before the 30 s deadline or the 5 s initial_sync_timeout
@@ -177,9 +178,9 @@ async def test_a_backend_bug_restarts_the_sync_task(caplog: pytest.LogCaptureFix
     backend.queue("users", [A])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
         client._rt.registry.get("users")
-        await settle(lambda: clock.sleeping == 1)
+        await eventually(lambda: clock.sleeping == 1)
         await clock.advance(60)
-        await settle(lambda: _urls(client, "users") == [A])
+        await eventually(lambda: _urls(client, "users") == [A])
         assert any("sync task for 'users' failed" in r.getMessage() for r in caplog.records)
 
 
@@ -192,7 +193,7 @@ async def test_discovery_status_reaches_mesh_status_and_metrics() -> None:
     app.include_router(mesh.router)
     async with serve(app) as http:
         mesh.client._rt.registry.get("users")
-        await settle(lambda: backend.sync_status().get("users", {}).get("errors") == 1)
+        await eventually(lambda: backend.sync_status().get("users", {}).get("errors") == 1)
         status = (await http.get("/mesh/status")).json()["discovery"]
         assert status["backend"] == "scripted"
         assert status["services"]["users"]["stale"] is True
@@ -217,14 +218,14 @@ async def test_critical_services_hold_startup_until_synced_and_readiness_while_e
         assert startup.status_code == 503
         assert "no answer from discovery for 'users'" in str(startup.json()["checks"]["discovery-sync:users"])
         gate.set()
-        await settle(lambda: mesh.client._rt.registry.get("users").synced)
+        await eventually(lambda: mesh.client._rt.registry.get("users").synced)
         await mesh.health.run("startup")
         await mesh.health.run("readiness")
         assert (await http.get("/health/startup")).status_code == 200
         assert (await http.get("/health/ready")).status_code == 200
 
         backend.queue("users", [])  # empty_grace 0: believed at once
-        await settle(lambda: not mesh.client._rt.registry.get("users").balancer.endpoints)
+        await eventually(lambda: not mesh.client._rt.registry.get("users").balancer.endpoints)
         await mesh.health.run("readiness")
         ready = await http.get("/health/ready")
         assert ready.status_code == 503
@@ -240,7 +241,7 @@ async def test_a_non_critical_service_never_affects_the_probes() -> None:
     app.include_router(mesh.router)
     async with serve(app) as http:
         mesh.client._rt.registry.get("orders")
-        await settle(lambda: backend.sync_status()["orders"]["errors"] == 1)
+        await eventually(lambda: backend.sync_status()["orders"]["errors"] == 1)
         await mesh.health.run("readiness")
         assert (await http.get("/health/ready")).status_code == 200
         assert (await http.get("/health/startup")).status_code == 200

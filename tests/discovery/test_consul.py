@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +15,15 @@ import httpx
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI
 
 from fastapi_mesh import Mesh, MeshClient, MeshSettings, NoHealthyEndpoints
 from fastapi_mesh.discovery import MalformedAnswer, build_discovery
 from fastapi_mesh.discovery.consul import ConsulDiscovery, consul_ssl_context
+from fastapi_mesh.security.certs import CertificateAuthority
 from fastapi_mesh.settings import DiscoveryConfig, MtlsConfig
 from tests.discovery.consul_standin import ConsulStandIn
+from tests.discovery.scripted import eventually
 from tests.upstreams import Fleet, Replica, unused_port
 
 pytestmark = pytest.mark.anyio
@@ -59,17 +55,6 @@ def status(client: MeshClient, service: str = "svc") -> dict[str, Any]:
     return services.get(service, {})
 
 
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> float:
-    """Seconds until ``condition`` holds; fails the test if it does not within ``timeout``."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not condition():
-        if loop.time() - start > timeout:
-            pytest.fail(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.005)
-    return loop.time() - start
-
-
 def failure_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -86,6 +71,15 @@ async def replicas_hit(client: MeshClient, calls: int, service: str = "svc") -> 
         assert response.status_code == 200
         names.add(response.json()["replica"])
     return names
+
+
+async def fails_at_once(client: MeshClient, service: str = "svc") -> None:
+    """A call fails with ``NoHealthyEndpoints`` within ``AT_ONCE``: it did not wait out ``initial_sync_timeout``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(NoHealthyEndpoints, match=f"'{service}'"):
+        await client.get(service, "/work")
+    assert loop.time() - start < AT_ONCE
 
 
 def register(consul: ConsulStandIn, replica: Replica, service: str = "svc", **options: Any) -> str:
@@ -306,11 +300,7 @@ async def test_an_unknown_token_from_the_start_fails_the_first_sync_fast(fleet: 
         register(consul, a)
         settings = consul_settings(consul.url, consul_token="wrong", initial_sync_timeout=5)
         async with MeshClient(settings) as client:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            with pytest.raises(NoHealthyEndpoints, match="'svc'"):
-                await client.get("svc", "/work")
-            assert loop.time() - start < AT_ONCE
+            await fails_at_once(client)
             assert "ACL not found" in status(client)["last_error"]
 
 
@@ -363,11 +353,7 @@ async def test_a_call_fails_fast_when_consul_is_down_from_the_start() -> None:
     """No Consul at all: NoHealthyEndpoints at once, not after ``initial_sync_timeout``."""
     settings = consul_settings(f"http://127.0.0.1:{unused_port()}", initial_sync_timeout=5)
     async with MeshClient(settings) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        with pytest.raises(NoHealthyEndpoints, match="'svc'"):
-            await client.get("svc", "/work")
-        assert loop.time() - start < AT_ONCE
+        await fails_at_once(client)
         assert status(client)["synced"] is False and status(client)["stale"] is True
 
 
@@ -556,51 +542,19 @@ async def test_the_registered_check_reaches_the_served_apps_readiness(consul: Co
 # ------------------------------------------------------------------------------------------------ TLS
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _issue(directory: Path, name: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None,
-           san: x509.GeneralName | None = None, usage: x509.ObjectIdentifier | None = None
-           ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A CA (no ``issuer``) or a leaf certificate, written as ``<name>.crt`` and ``<name>.key``."""
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    signer_key, signer = issuer if issuer else (key, None)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(signer.subject if signer else _name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        assert san is not None and usage is not None
-        builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-    cert = builder.sign(signer_key, hashes.SHA256())
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
 def make_pki(directory: Path) -> None:
     """``consul-ca`` signs Consul's server certificate (127.0.0.1); ``mesh-ca`` signs the mesh's client one."""
-    consul_ca = _issue(directory, "consul-ca", None)
-    mesh_ca = _issue(directory, "mesh-ca", None)
-    _issue(directory, "consul", consul_ca, x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-           ExtendedKeyUsageOID.SERVER_AUTH)
-    _issue(directory, "client", mesh_ca, x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/gw"),
-           ExtendedKeyUsageOID.CLIENT_AUTH)
+    consul_ca = CertificateAuthority.create(common_name="consul-ca")
+    mesh_ca = CertificateAuthority.create(common_name="mesh-ca")
+    issued = {
+        "consul": consul_ca.issue("consul", identity=None, dns_names=["127.0.0.1"]),
+        "client": mesh_ca.issue("gw"),  # spiffe://cluster.local/ns/default/sa/gw
+    }
+    for name, ca in (("consul-ca", consul_ca), ("mesh-ca", mesh_ca)):
+        (directory / f"{name}.crt").write_bytes(ca.cert_pem)
+    for name, cert in issued.items():
+        (directory / f"{name}.crt").write_bytes(cert.cert_pem)
+        (directory / f"{name}.key").write_bytes(cert.key_pem)
 
 
 async def test_https_consul_is_verified_against_consul_ca_path_with_the_mesh_client_certificate(
@@ -652,7 +606,7 @@ def test_the_consul_tls_context_prefers_consul_ca_path_and_names_a_bad_file(tmp_
     config = DiscoveryConfig(consul_ca_path=str(tmp_path / "consul-ca.crt"))
     context = consul_ssl_context(config, mtls)  # the unreadable mesh CA is not used
     assert context.verify_mode == ssl.CERT_REQUIRED
-    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "consul-ca"),),)]
+    assert [dict(rdn[0] for rdn in c["subject"])["commonName"] for c in context.get_ca_certs()] == ["consul-ca"]
     with pytest.raises(ValueError, match=r"discovery\.consul_ca_path: cannot load"):
         consul_ssl_context(DiscoveryConfig(consul_ca_path=str(tmp_path / "nope.crt")), MtlsConfig())
 

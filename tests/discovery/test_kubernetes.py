@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fastapi_mesh.discovery import DiscoveryConfigError, Endpoint, build_discove
 from fastapi_mesh.discovery.kubernetes import KubernetesDiscovery
 from fastapi_mesh.settings import DiscoveryConfig
 from tests.discovery.kmock_support import Cluster, endpoint, endpoint_slice, running_cluster
+from tests.discovery.scripted import eventually
 from tests.upstreams import Fleet, Replica
 
 pytestmark = pytest.mark.anyio
@@ -50,15 +51,6 @@ def settings(cluster: Cluster, **discovery: Any) -> MeshSettings:
 
 def replica_slice(replica: Replica, service: str = SERVICE, **conditions: Any) -> dict[str, Any]:
     return endpoint_slice(f"{service}-{replica.name}", service, replica.port, [endpoint(**conditions)])
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def routed(client: MeshClient, service: str = SERVICE) -> set[str]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dns.asyncresolver
@@ -19,9 +19,11 @@ import uvicorn
 from fastapi_mesh import MeshClient, MeshSettings, NoHealthyEndpoints
 from fastapi_mesh.clock import MonotonicClock
 from fastapi_mesh.discovery import Answer, Endpoint, MalformedAnswer
+from fastapi_mesh.discovery.base import url_host
 from fastapi_mesh.discovery.kubernetes_dns import MAX_TTL_WAIT, KubernetesDNSDiscovery
 from fastapi_mesh.settings import DiscoveryConfig
 from tests.discovery.dnsmasq import Dnsmasq, Host, Record, Srv
+from tests.discovery.scripted import eventually
 from tests.upstreams import START_TIMEOUT, Fleet, Replica
 
 pytestmark = pytest.mark.anyio
@@ -89,14 +91,6 @@ def urls(client: MeshClient, service: str = "users") -> list[str]:
     return sorted(e.url for e in client._rt.registry.get(service).balancer.endpoints)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
-
-
 async def names(client: MeshClient, calls: int, service: str = "users") -> list[str]:
     replies = []
     for _ in range(calls):
@@ -122,8 +116,7 @@ class BoundReplica(Replica):
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     async def start(self) -> None:
         config = uvicorn.Config(self, log_level="critical", lifespan="off")
@@ -254,11 +247,11 @@ async def test_a_replica_added_then_removed_in_the_records_is_followed(fleet: Fl
         assert set(await names(client, 4)) == {first.name}
 
         await dnsmasq.restart(srv_records([first, second]))
-        await until(lambda: len(urls(client)) == 2)
+        await eventually(lambda: len(urls(client)) == 2)
         assert sorted(await names(client, 10)) == sorted([first.name] * 5 + [second.name] * 5)
 
         await dnsmasq.restart(srv_records([second]))
-        await until(lambda: urls(client) == [second.url])
+        await eventually(lambda: urls(client) == [second.url])
         before = first.total
         assert set(await names(client, 10)) == {second.name}
         assert first.total == before
@@ -272,7 +265,7 @@ async def test_changed_records_are_seen_within_a_refresh_or_two(fleet: Fleet, dn
         await names(client, 1)
         await dnsmasq.restart(srv_records([second]))
         answered = time.monotonic()
-        await until(lambda: urls(client) == [second.url])
+        await eventually(lambda: urls(client) == [second.url])
         # One refresh (0.2 s), plus a lookup that was timing out while dnsmasq restarted, plus a backoff.
         assert time.monotonic() - answered < 2.0
         assert set(await names(client, 5)) == {second.name}
@@ -308,7 +301,7 @@ async def test_dnsmasq_down_keeps_the_last_set_and_every_call_succeeds(
         assert "keeping the last 2 endpoints" in failures[0].getMessage()
 
         await dnsmasq.start(srv_records(replicas))
-        await until(lambda: status(client)["stale"] is False)
+        await eventually(lambda: status(client)["stale"] is False)
         assert any("answers again after" in r.getMessage() for r in caplog.records)
         assert sorted(await names(client, 4)) == sorted([r.name for r in replicas] * 2)
 
@@ -520,7 +513,7 @@ async def test_the_sync_loop_sleeps_for_the_ttl(dnsmasq: Dnsmasq) -> None:
     await backend.start(lambda service, endpoints: published.append((service, list(endpoints))))
     try:
         backend.watch("users")
-        await until(lambda: bool(clock.sleeps))
+        await eventually(lambda: bool(clock.sleeps))
     finally:
         await backend.stop()
     assert published == [("users", [Endpoint("http://10.0.0.1:8001", metadata={"target": f"a.{DOMAIN}"})])]
@@ -551,10 +544,10 @@ async def test_records_removed_are_held_for_the_empty_grace_then_believed(fleet:
     async with client_for(dnsmasq, empty_grace=0.6) as client:
         await names(client, 1)
         await dnsmasq.restart([])
-        await until(lambda: status(client)["empty_held"] is True)
+        await eventually(lambda: status(client)["empty_held"] is True)
         assert await names(client, 3) == [replica.name] * 3
         assert status(client)["stale"] is False
-        await until(lambda: urls(client) == [])
+        await eventually(lambda: urls(client) == [])
         with pytest.raises(NoHealthyEndpoints, match="'users'"):
             await client.get("users", "/api/users")
 
@@ -600,7 +593,7 @@ async def test_a_malformed_record_keeps_the_last_set_and_logs_once(
     async with client_for(dnsmasq) as client:
         await names(client, 1)
         await dnsmasq.restart([*srv_records([replica]), Srv(SRV_NAME, f"bad.{DOMAIN}", 0)])
-        await until(lambda: status(client).get("errors", 0) >= 3)
+        await eventually(lambda: status(client).get("errors", 0) >= 3)
         assert await names(client, 5) == [replica.name] * 5
         assert urls(client) == [replica.url]
         assert status(client)["stale"] is True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.upstreams import unused_port
+
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def _uvicorn(drain_delay: float, shutdown_grace: float) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
+    port = unused_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
     env.update(
         PYTHONPATH=str(ROOT),
