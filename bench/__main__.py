@@ -195,7 +195,7 @@ the default backend (`connection.backend: {e2e.DEFAULT_CONNECTION_BACKEND}`):
 {mtls_targets}
 
 What the difference is made of: the mesh's own part of an mTLS call (the shared context, the identity
-check's bookkeeping, the look at the certificate files every `mtls.reload_interval`) is about half a µs;
+check's bookkeeping, the look at the certificate files every `mtls.reload_interval`) is under a µs;
 the identity check itself runs once per connection, in the handshake, not per call. The rest is the TLS
 record layer: encrypting the request and decrypting the response is a few µs, and carrying every read and
 write through the event loop's TLS transport (asyncio's is Python, uvloop's Cython) is most of what

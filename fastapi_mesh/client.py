@@ -270,12 +270,9 @@ class _Runtime:
         start = time.perf_counter()
         try:
             response = await stack.handle_async_request(request)
-        except httpx.RequestError as exc:
-            exc.request = request  # as httpx does: errors name the request the caller made
-            if span is not None:
-                client_failed(span, request, exc)
-            raise
         except BaseException as exc:
+            if isinstance(exc, httpx.RequestError):
+                exc.request = request  # as httpx does: errors name the request the caller made
             if span is not None:
                 client_failed(span, request, exc)
             raise
@@ -451,12 +448,13 @@ class MeshClient:
 
     def _prepare(
         self, service: str, path: str, deadline: float | None, affinity_key: str | None, kwargs: dict[str, Any]
-    ) -> tuple[ServiceState, CallContext, httpx.URL]:
+    ) -> tuple[ServiceState, CallContext, httpx.URL, float | None]:
+        """The call's service, context and URL, and the clock time ``_deadline`` read (None: it read none)."""
         rt = self._rt
         state = rt.registry.get(service)
         inbound = self._inbound if self._inbound is not None else _inbound.get()
         ctx = CallContext(state, None, inbound, affinity_key)
-        self._deadline(ctx, deadline, inbound)
+        now = self._deadline(ctx, deadline, inbound)
         extensions = kwargs.get("extensions")
         kwargs["extensions"] = {**extensions, EXTENSION: ctx} if extensions else {EXTENSION: ctx}
         if state.attempt_timeout is not None and "timeout" not in kwargs:
@@ -466,12 +464,15 @@ class MeshClient:
             if kwargs.get("headers"):
                 headers.update(kwargs["headers"])
             kwargs["headers"] = headers
-        return state, ctx, state.url(path)
+        return state, ctx, state.url(path), now
 
-    def _deadline(self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None) -> None:
+    def _deadline(
+        self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None
+    ) -> float | None:
         """Set ``ctx.deadline``: the earliest of the route's, the inbound header's, ``deadline=`` and
         ``retry.max_elapsed``. Only the first three arm the call's timer (``ctx.timed``): ``max_elapsed``
-        alone caps attempt timeouts and stops retries, at no per-call timer cost."""
+        alone caps attempt timeouts and stops retries, at no per-call timer cost. Returns the clock time
+        it read, if it needed one."""
         best = _route_deadline.get()
         if inbound is not None and inbound.deadline is not None and (best is None or inbound.deadline < best):
             best = inbound.deadline
@@ -485,9 +486,12 @@ class MeshClient:
             if max_elapsed is not None and (best is None or now + max_elapsed < best):
                 best = now + max_elapsed
                 ctx.timed = False
-        elif best is not None:
+            ctx.deadline = best
+            return now
+        if best is not None:
             ctx.timed = True
         ctx.deadline = best
+        return None
 
     async def request(
         self,
@@ -506,11 +510,12 @@ class MeshClient:
         ``affinity_key`` pins the call for session affinity and ``ip-hash``."""
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
-        state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        state, ctx, url, now = self._prepare(service, path, deadline, affinity_key, kwargs)
         events = rt.events
         observe = rt.observe
-        # Durations are for the latency histogram and event subscribers: no clock reads when neither wants them.
-        start = rt.clock.now() if observe or events._handlers else 0.0
+        # Durations are for the latency histogram and event subscribers: the call starts when its deadline
+        # was set (no second clock read), else no clock read when neither wants one.
+        start = now if now is not None else rt.clock.now() if observe or events._handlers else 0.0
         state.requests += 1
         try:
             if state.sync_pending and not state.balancer.endpoints:  # discovery has not answered for it yet
@@ -580,12 +585,12 @@ class MeshClient:
         closed unread and the fallback's response is yielded instead)."""
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
-        state, ctx, url = self._prepare(service, path, deadline, affinity_key, kwargs)
+        state, ctx, url, now = self._prepare(service, path, deadline, affinity_key, kwargs)
         ctx.stream = True
         state.requests += 1
         events = rt.events
         observe = rt.observe
-        start = rt.clock.now() if observe or events._handlers else 0.0
+        start = now if now is not None else rt.clock.now() if observe or events._handlers else 0.0
         try:
             if state.sync_pending and not state.balancer.endpoints:
                 await rt.registry.wait_for_first_sync(state, ctx.deadline)

@@ -48,6 +48,7 @@ C = TypeVar("C", bound=HealthCheckFn)
 AppT = TypeVar("AppT")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
+
 #: Attribute of ``app.state`` that holds the running Mesh.
 STATE_KEY = "fastapi_mesh"
 #: Meshes whose lifespan is running in this process (for apps mounted under the one that runs it).
@@ -301,7 +302,7 @@ class Mesh:
         interval: float | None = None,
         timeout: float | None = None,
         failure_threshold: int | None = None,
-        success_threshold: int = 1,
+        success_threshold: int | None = 1,
     ) -> None:
         """Register a check behind ``/health/live``, ``/health/ready`` or ``/health/startup``; the keywords
         are those of ``health_check``."""
@@ -325,12 +326,12 @@ class Mesh:
         interval: float | None = None,
         timeout: float | None = None,
         failure_threshold: int | None = None,
-        success_threshold: int = 1,
+        success_threshold: int | None = 1,
     ) -> Callable[[C], C]:
         """Register the decorated callable (sync or async; returns True/None when healthy, False or raises
-        when not) as a health check. ``None`` values take the ``health_check`` settings. Sync checks run in a
-        worker thread, each check on its own ``interval``; ``failure_threshold`` failures in a row fail it,
-        ``success_threshold`` passes in a row bring it back.
+        when not) as a health check. ``None`` values take the ``health_check`` settings (``success_threshold=None``
+        included). Sync checks run in a worker thread, each check on its own ``interval``;
+        ``failure_threshold`` failures in a row fail it, ``success_threshold`` passes in a row bring it back.
 
         >>> mesh = Mesh(MeshSettings())
         >>> @mesh.health_check("cache", critical=False, interval=5)

@@ -53,10 +53,9 @@ class MeshMiddleware:
         #: The mesh's probe, status and metrics routes (by endpoint: ``include_router`` copies the routes),
         #: not counted as the service's traffic.
         self.own_endpoints = frozenset(getattr(route, "endpoint", None) for route in mesh.router.routes)
-        #: Server spans for inbound requests (``observability.tracing``), or None.
+        #: Server spans for inbound requests (``observability.tracing``), or None; the mesh's own routes
+        #: (``mesh.inbound.own_paths``, as the app serves them) are not traced.
         self.tracing = mesh.client._rt.tracing
-        #: The paths of the mesh's own routes (as ``app.include_router(mesh.router)`` serves them): not traced.
-        self.untraced = frozenset(str(getattr(route, "path", "")) for route in mesh.router.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,10 +70,11 @@ class MeshMiddleware:
         started = False
         status = 500  # what the client gets when the app fails before answering
         began = time.perf_counter()
-        in_progress = self.mesh.inbound.enter(scope["path"])  # mesh_inbound_requests_in_progress
+        inbound_metrics = self.mesh.inbound
+        in_progress = inbound_metrics.enter(scope["path"])  # mesh_inbound_requests_in_progress
         server = None
         if self.tracing is not None:
-            server = self.tracing.server_span(scope, self.untraced)
+            server = self.tracing.server_span(scope, inbound_metrics.own_paths)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started, status
@@ -101,13 +101,13 @@ class MeshMiddleware:
         finally:
             reset_inbound(token)
             if in_progress:
-                self.mesh.inbound.exit()
+                inbound_metrics.exit()
             if server is not None:
                 server.end(scope, status)
             route = scope.get("route")
             if getattr(route, "endpoint", None) not in self.own_endpoints or route is None:
                 template = getattr(route, "path", None)
-                self.mesh.inbound.observe(scope["method"], template, status, time.perf_counter() - began)
+                inbound_metrics.observe(scope["method"], template, status, time.perf_counter() - began)
 
 
 def _set_cookie_headers(issued: dict[str, str], secure: bool) -> list[tuple[bytes, bytes]]:

@@ -306,7 +306,8 @@ class InboundMetrics(Collector):
         own_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.enabled = enabled
-        #: Paths whose requests are not counted in progress (the mesh's own routes).
+        #: Paths whose requests are not counted in progress (the mesh's own routes, which ``MeshMiddleware``
+        #: does not trace either).
         self.own_paths = own_paths
         #: ``(method, route, status) -> count``.
         self.requests: dict[tuple[str, str, str], int] = {}

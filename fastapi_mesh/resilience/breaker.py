@@ -466,16 +466,13 @@ class CircuitBreaker:
         events = self._events
         if events is None:
             return
-        specific = _STATE_EVENTS.get(to_state)
-        every = events.wants(CIRCUIT_BREAKER_STATE_CHANGE)
-        if every or (specific is not None and events.wants(specific)):
+        wanted = [n for n in (CIRCUIT_BREAKER_STATE_CHANGE, _STATE_EVENTS.get(to_state)) if n and events.wants(n)]
+        if wanted:
             change = BreakerStateChange(
                 self.service, from_state, to_state, self.failure_rate if rate is None else rate, reason
             )
-            if every:
-                events.emit(CIRCUIT_BREAKER_STATE_CHANGE, change)
-            if specific is not None and events.wants(specific):
-                events.emit(specific, change)
+            for name in wanted:
+                events.emit(name, change)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.service!r} {self._state}>"

@@ -173,13 +173,9 @@ class RoutePolicy:
     def _fell_back(self, events: EventBus, request: Request | None, exc: BaseException) -> None:
         route = route_template(request.scope) if request is not None else None
         status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
-        service = self._service_name
-        if isinstance(exc, MeshError):
-            service = exc.service
-        elif isinstance(exc, httpx.HTTPStatusError):
-            ctx = exc.request.extensions.get(EXTENSION)
-            if isinstance(ctx, CallContext):
-                service = ctx.service.name
+        service = _failed_service(exc)
+        if service is None:
+            service = self._service_name
         events.emit(FALLBACK_USED, FallbackUsed(service, route, status, exc))
 
     def _fallback_allowed(self, exc: BaseException) -> bool:
@@ -187,13 +183,8 @@ class RoutePolicy:
         for its ``MeshError``s and for ``raise_for_status()`` on its 5xx answers."""
         if self._fallback_enabled is None:
             return True
-        if isinstance(exc, MeshError):
-            return self._fallback_enabled(exc.service)
-        if isinstance(exc, httpx.HTTPStatusError):
-            ctx = exc.request.extensions.get(EXTENSION)
-            if isinstance(ctx, CallContext):
-                return self._fallback_enabled(ctx.service.name)
-        return True
+        service = _failed_service(exc)
+        return service is None or self._fallback_enabled(service)
 
     async def _call(
         self,
@@ -268,6 +259,18 @@ def _single_cause(exc: Exception) -> Exception:
             assert isinstance(first, Exception)
             return first
     return exc
+
+
+def _failed_service(exc: BaseException) -> str | None:
+    """The upstream service ``exc`` comes from: a ``MeshError``'s, or the one whose 5xx answer
+    ``raise_for_status()`` turned into an ``httpx.HTTPStatusError``; None for anything else."""
+    if isinstance(exc, MeshError):
+        return exc.service
+    if isinstance(exc, httpx.HTTPStatusError):
+        ctx = exc.request.extensions.get(EXTENSION)
+        if isinstance(ctx, CallContext):
+            return ctx.service.name
+    return None
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

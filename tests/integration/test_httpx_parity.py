@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from fastapi_mesh import (
     Mesh,
@@ -47,12 +48,7 @@ class EchoReplica(Replica):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         headers = {}
         for key, value in scope["headers"]:
             name = key.decode()

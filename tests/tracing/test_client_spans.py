@@ -19,6 +19,7 @@ from fastapi_mesh.observability.tracing import (
     RETRY_EXHAUSTED_EVENT,
     MeshTracing,
 )
+from tests.observability.support import poll
 from tests.tracing.support import recording_provider
 from tests.upstreams import Fleet, settings_for, unused_port
 
@@ -173,15 +174,14 @@ async def test_each_followed_redirect_is_a_span_of_its_own(fleet: Fleet) -> None
 async def test_a_full_bulkhead_is_an_event_on_a_failed_span(fleet: Fleet) -> None:
     """One call in flight fills a bulkhead of one: the second call's span records the rejection."""
     (replica,) = await fleet.start(1)
-    replica.mode, replica.delay = "slow", 0.3
+    replica.mode = "hang"
     provider, exporter = recording_provider()
     async with client(traced([replica.url], bulkhead={"max_concurrent": 1}), provider) as c:
         first = asyncio.ensure_future(c.get("user-service", "/api/users"))
-        async with asyncio.timeout(5):
-            while replica.total == 0:
-                await asyncio.sleep(0.005)
+        await poll(lambda: replica.total == 1, interval=0.005)
         with pytest.raises(BulkheadFull):
             await c.get("user-service", "/api/users")
+        replica.release.set()
         assert (await first).status_code == 200
     rejected, answered = exporter.get_finished_spans()
     assert [name for name, _ in events(rejected)] == [BULKHEAD_REJECTED_EVENT, "exception"]

@@ -12,14 +12,11 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from fastapi_mesh.observability.tracing import configure_from_environment
-from tests.tracing.support import serve
+from tests.upstreams import Fleet, Replica
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -69,27 +66,10 @@ print(trace.get_tracer_provider() is provider, [span.name for span in exporter.g
 """
 
 
-class Receiver:
-    """An OTLP/HTTP trace receiver: keeps each export request it is sent."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["path"] == "/v1/traces":
-            self.requests.append(ExportTraceServiceRequest.FromString(body))
-        answer = ExportTraceServiceResponse().SerializeToString()
-        headers = [(b"content-type", b"application/x-protobuf"), (b"content-length", str(len(answer)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+def exports(receiver: Replica) -> list[ExportTraceServiceRequest]:
+    """What the exporter posted to ``receiver`` (a plain replica: its 200 is all the exporter checks)."""
+    assert set(receiver.received) <= {("POST", "/v1/traces")}
+    return [ExportTraceServiceRequest.FromString(body) for body in receiver.bodies]
 
 
 async def run_service(env: dict[str, str], script: str = SCRIPT) -> str:
@@ -109,14 +89,13 @@ def attributes(values: list[KeyValue]) -> dict[str, Any]:
     return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in values}
 
 
-async def test_otlp_endpoint_variable_exports_the_client_spans() -> None:
+async def test_otlp_endpoint_variable_exports_the_client_spans(fleet: Fleet) -> None:
     """``OTEL_EXPORTER_OTLP_ENDPOINT`` set, the HTTP exporter installed, nothing else configured: the mesh
     sets up the SDK and the call's span reaches the receiver, under the mesh's service name."""
-    receiver = Receiver()
-    async with serve(receiver, lifespan="off") as url:  # type: ignore[arg-type]
-        printed = await run_service({"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "50"})
+    (receiver,) = await fleet.start(1)
+    printed = await run_service({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "50"})
     assert printed == "TracerProvider"
-    [request] = receiver.requests
+    [request] = exports(receiver)
     [resource_spans] = request.resource_spans
     assert attributes(list(resource_spans.resource.attributes))["service.name"] == "orders"
     [scope_spans] = resource_spans.scope_spans
@@ -126,11 +105,12 @@ async def test_otlp_endpoint_variable_exports_the_client_spans() -> None:
     assert attributes(list(span.attributes))["mesh.service"] == "users"
 
 
-async def test_otel_service_name_wins_over_the_mesh_service_name() -> None:
-    receiver = Receiver()
-    async with serve(receiver, lifespan="off") as url:  # type: ignore[arg-type]
-        await run_service({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{url}/v1/traces", "OTEL_SERVICE_NAME": "billing"})
-    [request] = receiver.requests
+async def test_otel_service_name_wins_over_the_mesh_service_name(fleet: Fleet) -> None:
+    (receiver,) = await fleet.start(1)
+    await run_service(
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces", "OTEL_SERVICE_NAME": "billing"}
+    )
+    [request] = exports(receiver)
     assert attributes(list(request.resource_spans[0].resource.attributes))["service.name"] == "billing"
 
 

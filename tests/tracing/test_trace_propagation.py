@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fastapi_mesh import Mesh, MeshClient, MeshMiddleware, MeshSettings, get_mesh
-from tests.tracing.support import of_kind, recording_provider, serve, wait_for_spans
+from tests.observability.support import serve_on_port as serve
+from tests.tracing.support import of_kind, recording_provider, wait_for_spans
 from tests.upstreams import Fleet, Replica
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
