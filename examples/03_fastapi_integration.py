@@ -12,13 +12,11 @@ production it is ``uvicorn app:app`` (deploy/docker/app.py is the same shape).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
-import uvicorn
-from demo_upstreams import DemoFleet
+from demo_upstreams import DemoFleet, serve
 from fastapi import Depends, FastAPI
 
 from fastapi_mesh import Mesh, MeshClient, MeshMiddleware, MeshSettings, get_mesh
@@ -38,29 +36,6 @@ def create_app(endpoints: Mapping[str, list[str]]) -> FastAPI:
         return {"users": response.json(), "degraded": False}
 
     return app
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # Ctrl-C stays with the example
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> Any:
-    """Serve ``app`` with uvicorn on a free loopback port; yields its base URL."""
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def run(endpoints: Mapping[str, list[str]], *, break_upstream: Any = None) -> dict[str, Any]:

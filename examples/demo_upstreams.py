@@ -7,6 +7,8 @@ visible. A replica can be switched to fail (``replica.status = 503``), to answer
     async with DemoFleet({"user-service": 3, "order-service": 2}) as fleet:
         settings = MeshSettings(discovery={"endpoints": fleet.endpoints()})
         fleet.replicas["user-service"][0].status = 503
+
+``async with serve(app) as url:`` runs an example's own app (its lifespan included) the same way.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 
-__all__ = ["DemoFleet", "DemoReplica", "unused_url"]
+__all__ = ["DemoFleet", "DemoReplica", "serve", "unused_url"]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 5.0
@@ -80,15 +82,7 @@ class DemoReplica:
         await send({"type": "http.response.body", "body": data})
 
     async def start(self) -> None:
-        config = uvicorn.Config(self, host=HOST, port=0, lifespan="off", log_config=None, log_level="warning")
-        self._server = server = _Server(config)
-        self._task = asyncio.create_task(server.serve())
-        async with asyncio.timeout(START_TIMEOUT):
-            while not server.started:
-                if self._task.done():
-                    self._task.result()
-                await asyncio.sleep(0.01)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self._server, self._task, self.port = await _start(self, lifespan="off")
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:
@@ -132,6 +126,34 @@ class DemoFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.gather(*(r.stop() for rs in self.replicas.values() for r in rs))
+
+
+async def _start(app: Any, *, lifespan: str = "auto") -> tuple[_Server, asyncio.Task[None], int]:
+    """Serve ``app`` with uvicorn on a free loopback port; returns the server, its task and the port."""
+    server = _Server(uvicorn.Config(app, host=HOST, port=0, lifespan=lifespan, log_config=None, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)
+    except BaseException:
+        server.should_exit = True
+        raise
+    return server, task, server.servers[0].sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` (its lifespan included) on a free loopback port while the block runs; yields its base URL."""
+    server, task, port = await _start(app)
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=START_TIMEOUT)
 
 
 def unused_url() -> str:

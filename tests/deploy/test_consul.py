@@ -4,14 +4,13 @@ policy grants exactly what that and discovery need."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
 
 from fastapi_mesh import MeshSettings
 from fastapi_mesh.discovery.consul import ConsulDiscovery
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import DEPLOY, env_file, pod_settings
 
 CONSUL = DEPLOY / "consul"
 #: ``kind "name" { policy = "..." }`` blocks of an ACL policy (the HCL the policy file is written in).
@@ -21,14 +20,7 @@ RULE = re.compile(r'^(\w+)\s+"([^"]*)"\s*\{\s*policy\s*=\s*"(\w+)"\s*\}', re.MUL
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> MeshSettings:
     """The settings deploy/consul/user-service.env gives."""
-    for key in list(os.environ):
-        if key.upper().startswith("MESH_"):
-            monkeypatch.delenv(key)
-    for line in (CONSUL / "user-service.env").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            monkeypatch.setenv(key, value)
-    return MeshSettings()
+    return pod_settings(env_file(CONSUL / "user-service.env"), monkeypatch)
 
 
 def _snake(name: str) -> str:

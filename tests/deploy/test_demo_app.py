@@ -3,30 +3,20 @@ it through the mesh, each under a real uvicorn, configured by MESH_* variables o
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
 import httpx
 import pytest
-import uvicorn
-from asgi_lifespan import LifespanManager
 
 from tests.deploy.manifests import DEPLOY
+from tests.observability.support import serve_on_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 APP = DEPLOY / "docker" / "app.py"
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _load(name: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -44,29 +34,11 @@ def _load(name: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Mo
     return module
 
 
-@contextlib.asynccontextmanager
-async def _serve(module: ModuleType) -> AsyncIterator[str]:
-    async with LifespanManager(module.app) as manager:
-        config = uvicorn.Config(manager.app, host="127.0.0.1", port=0, lifespan="off", log_config=None)
-        server = _Server(config)
-        task = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(5):
-                while not server.started:
-                    if task.done():
-                        task.result()
-                    await asyncio.sleep(0.01)
-            yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, timeout=5)
-
-
 async def test_gateway_reaches_user_service_through_the_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
     """user-service answers from its pod; the gateway (DEMO_UPSTREAM=user-service) answers with user-service's
     body and its own name; both serve the probes; with user-service gone the gateway degrades, still 200."""
     users = _load("demo_user_service", {"MESH_SERVICE_NAME": "user-service"}, monkeypatch)
-    async with _serve(users) as users_url:
+    async with serve_on_port(users.app) as users_url:
         endpoints = json.dumps({"user-service": [users_url]})
         gateway = _load(
             "demo_gateway",
@@ -79,7 +51,7 @@ async def test_gateway_reaches_user_service_through_the_mesh(monkeypatch: pytest
             },
             monkeypatch,
         )
-        async with _serve(gateway) as gateway_url, httpx.AsyncClient(timeout=5) as http:
+        async with serve_on_port(gateway.app) as gateway_url, httpx.AsyncClient(timeout=5) as http:
             direct = (await http.get(f"{users_url}/api/users")).json()
             assert direct["service"] == "user-service" and len(direct["users"]) == 3
             via = (await http.get(f"{gateway_url}/api/users")).json()
@@ -89,6 +61,6 @@ async def test_gateway_reaches_user_service_through_the_mesh(monkeypatch: pytest
                     assert (await http.get(base + probe)).status_code == 200, (base, probe)
             status = (await http.get(f"{gateway_url}/mesh/status")).json()
             assert status["requests"]["user-service"]["successes"] == 1
-    async with _serve(gateway) as gateway_url, httpx.AsyncClient(timeout=5) as http:
+    async with serve_on_port(gateway.app) as gateway_url, httpx.AsyncClient(timeout=5) as http:
         degraded = (await http.get(f"{gateway_url}/api/users")).json()
     assert degraded == {"users": [], "degraded": True}

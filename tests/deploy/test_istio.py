@@ -7,7 +7,6 @@ of settings must validate with no field unknown to the models.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -15,30 +14,26 @@ import yaml
 
 from fastapi_mesh import MeshSettings, render
 from fastapi_mesh.cli import main
-from tests.deploy.manifests import DEPLOY, ROOT, errors, find, istio_errors, kustomize, load, one
+from tests.deploy.manifests import (
+    DEPLOY,
+    ROOT,
+    env_file,
+    errors,
+    find,
+    istio_errors,
+    kustomize,
+    load,
+    one,
+    pod_settings,
+)
 
 ISTIO = DEPLOY / "istio"
 POLICY_ENV = "deploy/istio/policy.env"
 
 
-@pytest.fixture(autouse=True)
-def _no_mesh_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("MESH_"):
-            monkeypatch.delenv(key)
-
-
 @pytest.fixture(scope="module")
 def build() -> list[dict[str, Any]]:
     return kustomize(ISTIO)
-
-
-def _policy_settings(monkeypatch: pytest.MonkeyPatch) -> MeshSettings:
-    for line in (ROOT / POLICY_ENV).read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            monkeypatch.setenv(key, value)
-    return MeshSettings()
 
 
 def test_generated_manifests_are_current(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -97,10 +92,7 @@ def test_pods_run_in_istio_mode_with_a_sidecar(build: list[dict[str, Any]], monk
         template = deployment["spec"]["template"]
         assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "true"
         (container,) = template["spec"]["containers"]
-        with monkeypatch.context() as patch:
-            for variable in container["env"]:
-                patch.setenv(variable["name"], variable.get("value", "shop"))
-            settings = MeshSettings()
+        settings = pod_settings(container["env"], monkeypatch, lambda _: "shop")
         assert settings.mode == "istio"
         assert settings.for_service("anything").retry.max_retries == 0
 
@@ -143,11 +135,9 @@ def test_callers_get_the_policy_as_a_config_map(build: list[dict[str, Any]], mon
     """kustomize turns policy.env into a ConfigMap whose data builds the same settings the render used."""
     (config_map,) = find(build, "ConfigMap")
     assert config_map["metadata"]["name"].startswith("user-service-callers-mesh-")
-    with monkeypatch.context() as patch:
-        expected = _policy_settings(patch)
-    for key, value in config_map["data"].items():
-        monkeypatch.setenv(key, value)
-    assert MeshSettings() == expected
+    expected = pod_settings(env_file(ROOT / POLICY_ENV), monkeypatch)
+    data = [{"name": key, "value": value} for key, value in config_map["data"].items()]
+    assert pod_settings(data, monkeypatch) == expected
 
 
 def test_the_fault_injection_example_replaces_the_generated_virtual_service() -> None:

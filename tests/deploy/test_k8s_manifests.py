@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fastapi_mesh import Mesh, MeshSettings, render
-from tests.deploy.manifests import DEPLOY, ROOT, errors, find, kustomize, load, manifest_files, one
+from tests.deploy.manifests import DEPLOY, ROOT, errors, find, kustomize, load, manifest_files, one, pod_settings
 
 OVERLAYS = {"dev": DEPLOY / "k8s" / "overlays" / "dev", "prod": DEPLOY / "k8s" / "overlays" / "prod"}
 BUILDS = {**OVERLAYS, "base": DEPLOY / "k8s" / "base", "istio": DEPLOY / "istio"}
@@ -36,15 +36,12 @@ def _containers(documents: list[dict[str, Any]]) -> list[tuple[dict[str, Any], d
 
 def _settings(container: dict[str, Any], namespace: str, monkeypatch: pytest.MonkeyPatch) -> MeshSettings:
     """The settings a pod of this container starts with (``fieldRef: metadata.namespace`` resolved)."""
-    for variable in container["env"]:
-        if not variable["name"].startswith("MESH_"):
-            continue
-        if "value" in variable:
-            monkeypatch.setenv(variable["name"], variable["value"])
-        else:
-            assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, variable
-            monkeypatch.setenv(variable["name"], namespace)
-    return MeshSettings()
+
+    def namespace_of(reference: dict[str, Any]) -> str:
+        assert reference == {"fieldRef": {"fieldPath": "metadata.namespace"}}, reference
+        return namespace
+
+    return pod_settings(container["env"], monkeypatch, namespace_of)
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -80,8 +77,7 @@ def test_overlay_probes_and_grace_are_what_render_k8s_prints(
     namespace, environment, grace = EXPECTED[overlay]
     checked = 0
     for deployment, container in _containers(builds[overlay]):
-        with monkeypatch.context() as patch:
-            settings = _settings(container, namespace, patch)
+        settings = _settings(container, namespace, monkeypatch)
         assert settings.environment == environment
         expected = render.deployment(settings, image="unused")["spec"]["template"]["spec"]
         spec = deployment["spec"]["template"]["spec"]
@@ -103,8 +99,7 @@ def test_overlay_env_builds_valid_settings_for_the_kubernetes_backend(
     namespace = EXPECTED[overlay][0]
     routes = {getattr(route, "path", None) for route in Mesh(MeshSettings()).router.routes}
     for deployment, container in _containers(builds[overlay]):
-        with monkeypatch.context() as patch:
-            settings = _settings(container, namespace, patch)
+        settings = _settings(container, namespace, monkeypatch)
         assert settings.service_name == deployment["metadata"]["name"] == container["name"]
         assert settings.discovery.backend == "kubernetes"
         assert settings.discovery.namespace == namespace == deployment["metadata"]["namespace"]

@@ -16,26 +16,7 @@ from hypothesis import strategies as st
 
 from fastapi_mesh import MeshSettings, render
 from fastapi_mesh.cli import main
-from tests.deploy.manifests import DEPLOY, core_errors
-
-
-@pytest.fixture(autouse=True)
-def _no_mesh_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("MESH_"):
-            monkeypatch.delenv(key)
-
-
-def _rebuilt(env: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, secrets: dict[str, str]) -> MeshSettings:
-    """The settings a pod with this env would build (Secret references resolved from ``secrets``)."""
-    with monkeypatch.context() as patch:
-        for variable in env:
-            if "value" in variable:
-                patch.setenv(variable["name"], variable["value"])
-            else:
-                patch.setenv(variable["name"], secrets[variable["valueFrom"]["secretKeyRef"]["key"]])
-        return MeshSettings()
-
+from tests.deploy.manifests import DEPLOY, core_errors, pod_settings
 
 SETTINGS_CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -75,8 +56,9 @@ def test_rendered_env_rebuilds_the_same_settings(case: str, monkeypatch: pytest.
     """Setting the rendered MESH_* variables (and the Secret's keys) gives back settings equal to the
     originals, preset values and per-service overrides included."""
     original = MeshSettings(**SETTINGS_CASES[case])
-    env = render.mesh_env(original)
-    assert _rebuilt(env, monkeypatch, {"consul-token": "s3cr3t-token"}) == original
+    secrets = {"consul-token": "s3cr3t-token"}
+    rebuilt = pod_settings(render.mesh_env(original), monkeypatch, lambda ref: secrets[ref["secretKeyRef"]["key"]])
+    assert rebuilt == original
 
 
 def test_secrets_come_from_a_secret_never_in_clear() -> None:
