@@ -44,7 +44,7 @@ from .registry import ServiceRegistry, ServiceState
 from .resilience.breaker import CircuitBreaker
 from .resilience.fallback import MISSING, call_fallback, request_of
 from .settings import MeshSettings
-from .stack import build_connection_pool, build_ssl_context, build_stack
+from .stack import build_connection_pool, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
@@ -152,6 +152,9 @@ class _Runtime:
         #: The layer stack; calls go straight to it (``http`` builds their requests and redirect requests;
         #: nothing is sent through it: auth flows and redirects are driven in this module).
         self.stack: httpx.AsyncBaseTransport | None = None
+        #: The innermost connection layer while started (the caller's ``transport``, else the pool built from
+        #: the settings); active health checks probe through it, with the same TLS, rotation included.
+        self.pool: httpx.AsyncBaseTransport | None = None
         self.discovery_started = False
         self.closed = False
 
@@ -199,7 +202,8 @@ class _Runtime:
     def _start_active_check(self, service: str) -> None:
         """While running: start the active health checks of ``service`` if its policy enables them."""
         state = self.registry.services.get(service)
-        if state is None or self.http is None or not state.policy.active_health_check.enabled:
+        pool = self.pool
+        if state is None or pool is None or not state.policy.active_health_check.enabled:
             return
         if state.active_check is None:
             state.active_check = ActiveHealthChecker(
@@ -208,17 +212,17 @@ class _Runtime:
                 state.balancer,
                 clock=self.clock,
                 rng=random.Random(self.rng.getrandbits(64)),
-                transport=self.user_transport,  # probes go where calls go
-                verify=build_ssl_context(self.settings) if self.user_transport is None else True,
             )
-        state.active_check.start()
+        # Probes go where calls go, over the same pool: the same TLS context, which follows rotation, and the
+        # server's identity checked against mtls.expected_identities (a new pool after each restart).
+        state.active_check.start(transport=pool)
 
     async def start(self) -> httpx.AsyncClient:
         """Start (again, after ``stop``): connection pool, discovery, health checks."""
         if self.http is not None:
             return self.http
         self.closed = False
-        pool = self.user_transport or build_connection_pool(self.settings)
+        pool = self.pool = self.user_transport or build_connection_pool(self.settings)
         stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
         if self.tracing is not None and not self.tracing.provider_given:
             configure_from_environment(self.settings.service_name)
@@ -317,7 +321,7 @@ class _Runtime:
     async def stop(self) -> None:
         self.closed = True
         client, self.http = self.http, None
-        self.stack = None
+        self.stack = self.pool = None
         for state in list(self.registry.services.values()):
             if state.active_check is not None:
                 await state.active_check.stop()

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from ..clock import Clock
-from ..security.files import client_tls_context
+from ..security.files import FollowedKeyPair, client_tls_context
 from ..settings import DiscoveryConfig, MtlsConfig
 from .base import Endpoint, url_host
 from .sync import Answer, BackgroundDiscovery, MalformedAnswer, clip, short_error
@@ -131,6 +131,8 @@ class ConsulDiscovery(BackgroundDiscovery):
         self.mtls = mtls
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
+        #: Over https with mTLS: the client certificate of Consul's connections, following the files.
+        self._followed: FollowedKeyPair | None = None
         self._register_task: asyncio.Task[None] | None = None
         #: A registration was sent to the agent since ``open`` (so ``close`` deregisters).
         self._registration_sent = False
@@ -297,8 +299,16 @@ class ConsulDiscovery(BackgroundDiscovery):
         if config.consul_token is not None:
             headers["X-Consul-Token"] = config.consul_token.get_secret_value()
         verify: ssl.SSLContext | bool = True
+        self._followed = None
         if self._transport is None and config.consul_url.startswith("https:"):
             verify = consul_ssl_context(config, self.mtls)
+            if self.mtls.enabled:  # the client certificate rotates: new connections to Consul follow it
+
+                def build() -> ssl.SSLContext:
+                    return consul_ssl_context(config, self.mtls)
+
+                cafile = config.consul_ca_path or self.mtls.ca_path
+                self._followed = FollowedKeyPair(verify, build, self.mtls, cafile, clock=self.clock.now, peer="Consul")
         self._http = httpx.AsyncClient(
             base_url=config.consul_url,
             headers=headers,
@@ -372,6 +382,8 @@ class ConsulDiscovery(BackgroundDiscovery):
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             raise RuntimeError("the Consul backend is not started")
+        if self._followed is not None:
+            self._followed.refresh()
         return self._http
 
 

@@ -160,8 +160,11 @@ class ActiveHealthChecker:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def start(self) -> None:
-        """Start probing in the background (on the running loop); again after ``stop``. No-op if running."""
+    def start(self, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """Start probing in the background (on the running loop); again after ``stop``, with ``transport``
+        replacing the one given before (the mesh's new pool after a restart). No-op if running."""
+        if transport is not None:
+            self._transport = transport
         if not self.running:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"fastapi-mesh active health checks {self.service}"

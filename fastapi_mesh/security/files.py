@@ -2,20 +2,25 @@
 
 ``WatchedFiles`` tells when the files changed and then stayed the same for one more look (a writer replacing
 the certificate, then the key, is not caught in between); the outbound ``ClientTLS`` and the server's
-``ServerTLS`` load a new context then. ``client_tls_context`` and ``load_key_pair`` fail naming the setting
+``ServerTLS`` load a new context then; ``FollowedKeyPair`` loads it into a context already in use (Consul's
+client). ``client_tls_context`` and ``load_key_pair`` fail naming the setting
 of a file that does not load.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..settings import MtlsConfig
 
-__all__ = ["Signature", "WatchedFiles", "client_tls_context", "load_key_pair"]
+__all__ = ["FollowedKeyPair", "Signature", "WatchedFiles", "client_tls_context", "load_key_pair"]
+
+logger = logging.getLogger("fastapi_mesh.security")
 
 #: What ``os.stat`` says of a set of files.
 Signature = tuple[object, ...]
@@ -82,3 +87,61 @@ def client_tls_context(
         assert mtls.cert_path is not None
         load_key_pair(context, mtls.cert_path, mtls.key_path)
     return context
+
+
+class FollowedKeyPair:
+    """Keeps a live client ``context`` in step with the mTLS files, for a pool that cannot be handed a new
+    context (an ``httpx.AsyncClient`` of its own, as Consul's): every ``interval`` seconds of ``clock``,
+    :meth:`refresh` looks at the files; a changed set that has settled and loads as a whole (``build`` makes a
+    fresh context from it, to check) is loaded into ``context`` itself, so that new connections present the
+    new certificate and trust the new CA bundle, while open ones finish. A CA taken out of the bundle stays
+    trusted by this context until a restart (loading adds to a context's trust store, never removes). A set
+    that does not load keeps the old pair and logs one error until the files change again.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        build: Callable[[], ssl.SSLContext],
+        mtls: MtlsConfig,
+        cafile: str | None,
+        *,
+        clock: Callable[[], float],
+        peer: str,
+    ) -> None:
+        assert mtls.cert_path is not None
+        self.context = context
+        self._build = build
+        self._cert_path, self._key_path, self._cafile = mtls.cert_path, mtls.key_path, cafile
+        self._files = WatchedFiles(*(path for path in (mtls.cert_path, mtls.key_path, cafile) if path))
+        self._interval = mtls.reload_interval
+        self._clock = clock
+        self._next_check = clock() + self._interval
+        self._failed: Signature | None = None
+        self._peer = peer
+        #: How many times a changed set of files was loaded.
+        self.reloads = 0
+
+    def refresh(self) -> bool:
+        """Look at the files when due and load a changed set; True when it was loaded now."""
+        now = self._clock()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self._interval
+        files = self._files
+        signature = files.settled()
+        if signature is None or signature == self._failed:
+            return False
+        try:
+            self._build()  # the new set loads as a whole, or the live context is left alone
+            load_key_pair(self.context, self._cert_path, self._key_path)
+            if self._cafile is not None:
+                self.context.load_verify_locations(cafile=self._cafile)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            self._failed = signature
+            logger.error("mtls (%s): %s; new connections keep the certificate loaded before", self._peer, exc)
+            return False
+        files.loaded, self._failed = signature, None
+        self.reloads += 1
+        logger.info("mtls (%s): loaded %s for new connections", self._peer, self._cert_path)
+        return True

@@ -592,6 +592,48 @@ async def test_https_consul_is_verified_against_consul_ca_path_with_the_mesh_cli
             assert "CERTIFICATE_VERIFY_FAILED" in status(client)["last_error"]
 
 
+async def test_a_rotated_client_certificate_reaches_consul_without_a_restart(fleet: Fleet, tmp_path: Path) -> None:
+    """Consul requires a client certificate the mesh CA signed. While the mTLS files hold one another CA
+    signed, Consul refuses every connection and the service cannot sync; once the files hold a good pair,
+    the next connection to Consul presents it (``mtls.reload_interval``) and the sync recovers, no restart."""
+    make_pki(tmp_path)
+    stranger = CertificateAuthority.create(common_name="stranger-ca").issue("gw")
+    cert, key = tmp_path / "rotating.crt", tmp_path / "rotating.key"
+    cert.write_bytes(stranger.cert_pem)
+    key.write_bytes(stranger.key_pem)
+    (a,) = await fleet.start(1)
+    mtls = MtlsConfig(
+        enabled=True,
+        cert_path=str(cert),
+        key_path=str(key),
+        ca_path=str(tmp_path / "mesh-ca.crt"),
+        reload_interval=0.05,
+    )
+    tls = {
+        "ssl_certfile": str(tmp_path / "consul.crt"),
+        "ssl_keyfile": str(tmp_path / "consul.key"),
+        "ssl_ca_certs": str(tmp_path / "mesh-ca.crt"),
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+    async with ConsulStandIn(**tls) as consul:
+        register(consul, a)
+        settings = consul_settings(consul.url, consul_ca_path=str(tmp_path / "consul-ca.crt"))
+        settings = settings.model_copy(update={"mtls": mtls})
+        async with MeshClient(settings) as client:
+            with pytest.raises(NoHealthyEndpoints):
+                await client.get("svc", "/work")
+            refused = status(client)
+            assert refused["errors"] >= 1 and not refused["endpoints"]
+            key.write_bytes((tmp_path / "client.key").read_bytes())  # the key first, as a writer might
+            cert.write_bytes((tmp_path / "client.crt").read_bytes())
+
+            def synced() -> bool:
+                return bool(status(client).get("endpoints"))
+
+            await eventually(synced)
+            assert await replicas_hit(client, 2) == {a.name}
+
+
 def test_the_consul_tls_context_prefers_consul_ca_path_and_names_a_bad_file(tmp_path: Path) -> None:
     """A CA bundle that cannot be read fails naming the setting; mTLS adds the client certificate."""
     make_pki(tmp_path)

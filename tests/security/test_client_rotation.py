@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,6 +188,44 @@ async def test_a_half_written_certificate_keeps_the_previous_one_and_logs_one_er
     loaded = [r for r in caplog.records if r.levelno == logging.INFO and "loaded" in r.getMessage()]
     assert len(loaded) == 1 and USERS in loaded[0].getMessage()
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_active_health_checks_present_the_rotated_client_certificate(world: World, backend: str) -> None:
+    """Probes go over the mesh's pool: while the client certificate is one the server refuses (another CA
+    signed it), every probe fails and the endpoint is marked down; once the files hold a certificate the
+    mesh CA signed, new probe connections present it and the endpoint comes back, without a restart."""
+    name = f"probing-{backend}"
+    files = world.pki.issue(name, "api-gateway", ca=world.pki.other_ca)
+    checks = {"enabled": True, "path": "/whoami", "interval": 0.05, "jitter": 0, "timeout": 2.0}
+    checks |= {"unhealthy_threshold": 1, "healthy_threshold": 1}
+    endpoints = {"orders": [world.orders.url]}
+    settings = mesh_settings(
+        world.pki, files, endpoints, backend=backend, reload_interval=INTERVAL, active_health_check=checks
+    )
+
+    def probed() -> dict[str, Any]:
+        (endpoint,) = client.status()["active_health_checks"]["orders"]["endpoints"]
+        result: dict[str, Any] = endpoint
+        return result
+
+    async with MeshClient(settings) as client:
+        with pytest.raises(UpstreamUnavailable):
+            await client.get("orders", "/whoami")  # the service is known from here on: its checks run
+
+        async def refused() -> bool:
+            return probed()["last_result"] == "fail" and not probed()["healthy"]
+
+        await eventually(refused)
+        assert probed()["last_status"] is None  # refused in the handshake, no answer
+        world.pki.write(name, world.pki.ca.issue("api-gateway"))
+
+        async def accepted() -> bool:
+            return probed()["last_result"] == "pass" and probed()["healthy"]
+
+        await eventually(accepted)
+        assert probed()["last_status"] == 200
+        assert await _whoami(client) == GATEWAY
 
 
 # ---------------------------------------------------------------------------------------- the files alone

@@ -291,12 +291,14 @@ def mesh_settings(
     expected: dict[str, list[str]] | None = None,
     retries: int = 2,
     ca_path: Path | None = None,
+    active_health_check: dict[str, Any] | None = None,
     **mtls: Any,
 ) -> MeshSettings:
     """Settings calling ``endpoints`` with mTLS as ``caller``; ``expected``: per service expected identities.
     Retries have no backoff pause; outlier detection and the breaker are off, so every call picks afresh and
-    each refusal is seen as it is."""
+    each refusal is seen as it is. ``active_health_check``: that section (off without)."""
     return MeshSettings(
+        active_health_check=active_health_check or {},
         service_name="api-gateway",
         discovery={"endpoints": endpoints},
         connection={"backend": backend},
