@@ -17,6 +17,9 @@ import aiohttp
 
 START_TIMEOUT = 20.0
 COMMAND_TIMEOUT = 10.0
+#: How long a condition on the page may take: generous, as the browser, the demo and its traffic share a
+#: small machine with whatever else runs (a wait ends as soon as the condition holds).
+WAIT_TIMEOUT = 30.0
 
 
 def find_chromium() -> str | None:
@@ -57,7 +60,7 @@ class Page:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
+    async def wait_for(self, expression: str, timeout: float = WAIT_TIMEOUT) -> Any:
         """Poll ``expression`` until it is truthy; its value."""
         async with asyncio.timeout(timeout):
             while True:
