@@ -8,7 +8,9 @@ within each round, and every figure is the median over the rounds:
 - **raw httpx, round robin**: one ``httpx.AsyncClient()`` as a new user makes it (httpx's default pool
   limits) calling the three replica URLs in turn;
 - **raw httpx -> HAProxy**: the same client calling a local HAProxy (one thread, ``balance roundrobin``
-  over the three replicas, keep-alive both sides); HAProxy's own CPU is read from ``/proc/<pid>/stat``;
+  over the three replicas, keep-alive both sides, with retries, ``redispatch`` and active and passive health
+  checks set up as the mesh's development preset handles failures: see ``HAProxy``); HAProxy's own CPU is
+  read from ``/proc/<pid>/stat``;
 - **mesh, httpcore, one pool (before)**: ``MeshClient`` over a single ``httpx.AsyncHTTPTransport`` for
   every endpoint, as the mesh was built before ``connection.backend``;
 - **mesh, httpcore per endpoint**: ``connection.backend: httpcore``, a pool per endpoint;
@@ -152,9 +154,10 @@ class Replica:
     ``certs`` (a directory as ``fastapi-mesh certs`` writes it), over TLS presenting its ``tls.crt`` and
     requiring a client certificate its ``ca.crt`` signed."""
 
-    def __init__(self, name: str, certs: Path | None = None) -> None:
+    def __init__(self, name: str, certs: Path | None = None, *, quiet: bool = False) -> None:
         self.name = name
         self.certs = certs
+        self.quiet = quiet  # the replica's stderr discarded (a fault run makes uvicorn log every cut body)
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -183,7 +186,8 @@ class Replica:
             command += ["--ssl-certfile", str(self.certs / "tls.crt"), "--ssl-keyfile", str(self.certs / "tls.key")]
             command += ["--ssl-ca-certs", str(self.certs / "ca.crt"), "--ssl-cert-reqs", str(int(ssl.CERT_REQUIRED))]
         env = {**os.environ, "BENCH_REPLICA": self.name}
-        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        stderr = subprocess.DEVNULL if self.quiet else None
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -192,6 +196,21 @@ class Replica:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def set_fault(self, **fault: float) -> dict[str, Any]:
+        """Switch the replica's fault (``bench/e2e_upstream.py``: ``delay_ms``, ``factor``, ``error_rate``,
+        ``hang_rate``, ``reset_rate``; none: cleared); the fault now in force. Plain HTTP replicas only."""
+        response = httpx.put(f"{self.url}/_fault", json=fault, timeout=5.0, trust_env=False)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def deliveries(self) -> dict[str, Any]:
+        """How many POSTs reached this replica's ``/api/orders`` and the request ids delivered more than once."""
+        response = httpx.get(f"{self.url}/_deliveries", timeout=5.0, trust_env=False)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
 
 
 @contextlib.contextmanager
@@ -209,7 +228,19 @@ def started(replicas: list[Replica]) -> Iterator[list[Replica]]:
 
 
 class HAProxy:
-    """A local HAProxy (one thread) balancing round robin over the replicas, with keep-alive both sides."""
+    """A local HAProxy (one thread) balancing round robin over the replicas, with keep-alive both sides, and
+    the failure handling of the mesh's development preset:
+
+    - ``retries 2`` with ``option redispatch 1`` (every retry on another server, as the mesh's
+      ``retry.max_retries: 2`` re-picks an endpoint) and ``retry-on`` connection failures, empty, cut or
+      unparsable answers, the per-attempt timeout and 502/503/504 (the mesh's retried failures for a GET and
+      its ``retry.retry_on_status``); HAProxy retries at once, with no backoff and no budget;
+    - ``timeout server 10s``, the preset's per-attempt ``circuit_breaker.timeout``;
+    - active checks, ``GET /_check`` every second (down after 3 failures, up after 2 passes), and passive
+      ones, ``observe layer7`` with ``error-limit 5 on-error mark-down`` (5 failed answers in a row take a
+      server out until its checks pass again: the mesh's outlier detection, whose ``consecutive_failures``
+      is 5, ejects for ``base_ejection_time`` instead).
+    """
 
     def __init__(self, replicas: list[Replica], directory: Path) -> None:
         self.port = _free_port()
@@ -226,7 +257,11 @@ defaults
     http-reuse safe
     timeout connect 5s
     timeout client 60s
-    timeout server 60s
+    timeout server 10s
+    timeout check 1s
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response junk-response response-timeout 502 503 504
 
 frontend bench
     bind 127.0.0.1:{self.port}
@@ -234,6 +269,8 @@ frontend bench
 
 backend replicas
     balance roundrobin
+    option httpchk GET /_check
+    default-server check inter 1s fall 3 rise 2 observe layer7 error-limit 5 on-error mark-down
 {servers}
 """
         )
