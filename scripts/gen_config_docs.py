@@ -5,8 +5,9 @@
 
 Everything in the tables (sections, fields, types, limits, built-in defaults, preset values, environment
 variable names) and every example output is read from, or produced by running, the code. A field's text is
-its ``description``, else its attribute docstring or ``#:`` comment in ``settings.py``, else a note from
-``NOTES`` below; a note that names no field is an error, so renaming a field cannot leave a stale note.
+the ``#:`` comment above it in its model's source (``fastapi_mesh/settings/``), read with ``inspect`` and
+``ast``; a ``description`` or an attribute docstring would take its place. A field without text is an error,
+so the reference cannot silently lose one.
 """
 
 from __future__ import annotations
@@ -53,89 +54,9 @@ OUTPUT = ROOT / "docs" / "configuration.md"
 ENVIRONMENTS = tuple(PRESETS)
 NONE_MARK = "—"
 
-# ------------------------------------------------------------------------------------------ field notes
+# ---------------------------------------------------------------------------------------- unused fields
 
-#: Text for fields whose code carries none (no ``description``, docstring or ``#:`` comment). Keyed by
-#: ``"section.field"`` (``"field"`` at the top level, ``"Model.field"`` for nested models).
-NOTES: dict[str, str] = {
-    "service_name": "This service's own name. It appears in probe bodies (`service`), in the `mesh_info` metric "
-    "and in `/mesh/status`.",
-    "environment": "Selects the preset whose values sit under the global settings (see the preset columns). "
-    "Also reported by `mesh_info` and `/mesh/status`.",
-    "zone": "The zone this service runs in.",
-    "discovery.backend": "Which discovery backend publishes endpoint sets.",
-    "discovery.endpoints": "Static endpoint sets by service name (backend `static`). Each entry is a URL string "
-    "or an endpoint object (see *Endpoint entries*). From the environment: JSON.",
-    "discovery.consul_url": "Base URL of the Consul HTTP API (backend `consul`).",
-    "discovery.namespace": "Kubernetes namespace of the upstream services (backends `kubernetes-dns` and "
-    "`kubernetes`, and the hosts `fastapi-mesh render istio` writes).",
-    "discovery.cluster_domain": "Cluster DNS domain (backend `kubernetes-dns`, and `fastapi-mesh render istio`): "
-    "names are looked up under `<service>.<namespace>.svc.<cluster_domain>`.",
-    "discovery.refresh_interval": "How often a polling backend (`kubernetes-dns`) looks again: at a record's "
-    "TTL, but never more often than this.",
-    "load_balancer.strategy": "How one endpoint is picked among the eligible ones for each attempt.",
-    "load_balancer.max_connections_per_instance": "Calls one endpoint may carry at once. A full endpoint is "
-    "skipped; when every healthy endpoint is full the call fails with `BulkheadFull`.",
-    "circuit_breaker.failure_threshold": "Failures inside the window needed to open the breaker (together with "
-    "`failure_threshold_percentage`).",
-    "circuit_breaker.failure_threshold_percentage": "Failure rate, in percent of the calls inside the window, "
-    "needed to open the breaker (together with `failure_threshold`).",
-    "circuit_breaker.timeout": "The per-attempt timeout (connect, read, write and pool), applied under retry: a "
-    "timed-out attempt is an attempt failure. A call's own httpx `timeout=` replaces it.",
-    "circuit_breaker.reset_timeout": "How long the breaker stays open before it lets probe calls through (half-open).",
-    "circuit_breaker.fallback_enabled": "Whether a per-call `fallback=` may answer for this service.",
-    "circuit_breaker.enabled": "`false`: the breaker starts `disabled` (admits every call, records nothing).",
-    "circuit_breaker.sliding_window_type": "`count`: the window is the last `sliding_window_size` calls; "
-    "`time`: the last `sliding_window_size` seconds.",
-    "circuit_breaker.slow_call_duration": "Calls that take at least this long count as slow; `null`: no call is slow.",
-    "circuit_breaker.slow_call_rate_threshold": "Slow calls, in percent of the calls inside the window, that open "
-    "the breaker (at least `failure_threshold` of them; only with `slow_call_duration`).",
-    "circuit_breaker.half_open_max_calls": "Probe calls let through while half-open. That many successes close "
-    "the breaker; one failure opens it again.",
-    "circuit_breaker.max_reset_timeout": "Upper bound of the open period as `reset_timeout_multiplier` grows it.",
-    "circuit_breaker.failure_on_status": "Response statuses the breaker counts as failures. Any other response, "
-    "4xx included, is a success; no response at all is a failure.",
-    "outlier_detection.enabled": "`false`: no endpoint is ever ejected.",
-    "outlier_detection.consecutive_failures": "Failures in a row (on one endpoint) that eject it.",
-    "outlier_detection.base_ejection_time": "The n-th ejection of an endpoint lasts n times this, up to "
-    "`max_ejection_time`.",
-    "outlier_detection.max_ejection_time": "Upper bound of one ejection.",
-    "outlier_detection.max_ejection_percent": "At most this share of a service's endpoints is ejected at once; "
-    "the last endpoint still in is never ejected.",
-    "bulkhead.max_concurrent": "Calls to the service in flight at once; `null`: no limit (the layer passes "
-    "calls straight through).",
-    "bulkhead.max_queue": "Calls that may wait for a free slot; any more are refused at once with `BulkheadFull`.",
-    "bulkhead.queue_timeout": "How long a queued call waits for a slot before it fails with `BulkheadFull`.",
-    "retry.max_retries": "Retries after the first attempt: a call makes at most `1 + max_retries` attempts.",
-    "retry.initial_delay": "The base delay before the first retry.",
-    "retry.max_delay": "Upper bound of any one delay between attempts, a `Retry-After` hint included.",
-    "retry.backoff_strategy": "How the delay grows from `initial_delay`: `exponential` (doubling), `fibonacci`, "
-    "`linear`, `fixed`, or `decorrelated-jitter` (random between `initial_delay` and three times the "
-    "previous delay).",
-    "retry.jitter": "How the delay is spread: `full` (random between 0 and the delay), `equal` (half the delay "
-    "plus a random half) or `none`. `decorrelated-jitter` brings its own randomness.",
-    "retry.max_elapsed": "The default overall deadline of a call, across every attempt and backoff; `null`: none.",
-    "retry.retry_on_status": "Response statuses that are retried (idempotent requests only); when retries run "
-    "out the last response is returned.",
-    "retry.budget_ttl": "The window the retry budget counts requests and retries over.",
-    "health_check.liveness_interval": "How often liveness checks run.",
-    "health_check.readiness_interval": "How often readiness checks run, and startup checks until they have all "
-    "passed once.",
-    "health_check.failure_threshold": "Failures in a row after which a critical check fails its probe (503).",
-    "health_check.check_timeout": "Time limit of one check run; a check that takes longer has failed.",
-    "mtls.enabled": "Present the client certificate below, and verify upstreams against `ca_path`, on `https` "
-    "endpoints. Needs all three paths.",
-    "mtls.cert_path": "Client certificate (PEM).",
-    "mtls.key_path": "Private key of the client certificate (PEM).",
-    "mtls.ca_path": "CA bundle (PEM) that upstream certificates are verified against.",
-    "EndpointConfig.url": "`http` or `https`, a host (an IP address or a DNS name) and an optional port; no path, "
-    "query, fragment, user or password (they would show in `/mesh/status` and metrics), no whitespace.",
-    "EndpointConfig.weight": "Relative weight for the `weighted` and `random` strategies.",
-    "EndpointConfig.metadata": "Free-form string labels.",
-    "EndpointConfig.zone": "The endpoint's zone.",
-}
-
-#: Fields that are validated but read by no code outside ``settings.py`` yet, each with the pattern that
+#: Fields that are validated but read by no code outside ``fastapi_mesh/settings/`` yet, each with the pattern that
 #: would show a use. The generator fails once a pattern turns up in the package, so the mark cannot outlive
 #: the fact.
 UNUSED: dict[str, str] = {}
@@ -146,7 +67,7 @@ UNUSED_NOTE = " *Not used by this version: the value is validated, nothing reads
 TITLE = "# Configuration reference"
 
 GENERATED_NOTE = (
-    "<!-- Generated by scripts/gen_config_docs.py from fastapi_mesh/settings.py. Do not edit by hand: "
+    "<!-- Generated by scripts/gen_config_docs.py from fastapi_mesh/settings/. Do not edit by hand: "
     "run `python scripts/gen_config_docs.py`. -->"
 )
 
@@ -449,7 +370,12 @@ def _source_docs(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _description(model: type[BaseModel], key: str, name: str, info: FieldInfo, sources: dict[str, str]) -> str:
-    text = info.description or sources.get(name) or NOTES.get(key, "")
+    text = info.description or sources.get(name, "")
+    if not text.strip():
+        raise RuntimeError(
+            f"gen_config_docs.py: {key} has no text; write a '#:' comment above the field "
+            f"({model.__module__}.{model.__name__})"
+        )
     text = _rst_to_md(" ".join(text.split()))
     extra = COMPUTED.get(key)
     if extra is not None:
@@ -582,8 +508,9 @@ def _field_table(
     return [*out, "", *notes]
 
 
-def _check_notes() -> None:
-    """Every note must name a field that exists (so a rename cannot leave a stale note behind)."""
+def _check_marks() -> None:
+    """Every key of ``COMPUTED`` and ``UNUSED`` must name a field that exists (so a rename cannot leave a stale
+    one behind), and no field marked unused may be read by the package outside the settings."""
     known: set[str] = set()
     nested: set[type[BaseModel]] = set()
     for name, info in MeshSettings.model_fields.items():
@@ -595,12 +522,13 @@ def _check_notes() -> None:
             known.add(name)
     for model in nested:
         known.update(f"{model.__name__}.{field}" for field in model.model_fields)
-    stale = sorted(set(NOTES) - known) + sorted(set(COMPUTED) - known) + sorted(set(UNUSED) - known)
+    stale = sorted(set(COMPUTED) - known) + sorted(set(UNUSED) - known)
     if stale:
-        raise RuntimeError(f"gen_config_docs.py: notes for fields that do not exist: {', '.join(stale)}")
-    package = Path(mesh_settings.__file__).parent
+        raise RuntimeError(f"gen_config_docs.py: marks for fields that do not exist: {', '.join(stale)}")
+    settings_dir = Path(mesh_settings.__file__).parent
+    package = settings_dir.parent
     for path in sorted(package.rglob("*.py")):
-        if path.name == "settings.py" and path.parent == package:
+        if path.is_relative_to(settings_dir):
             continue
         source = path.read_text(encoding="utf-8")
         for key, pattern in UNUSED.items():
@@ -620,7 +548,7 @@ def _nested_models_of(model: type[BaseModel]) -> list[type[BaseModel]]:
 
 def render() -> str:
     """The whole of ``docs/configuration.md``."""
-    _check_notes()
+    _check_marks()
     policy_sections = ", ".join(f"`{name}`" for name in POLICY_SECTIONS)
     with _environment():
         intro = string.Template(INTRO).substitute(
