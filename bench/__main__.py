@@ -11,7 +11,21 @@ from pathlib import Path
 
 import httpx
 
-from bench import balancer, discovery, e2e, instructions, mtls, observability, overhead, probes
+from bench import (
+    balancer,
+    discovery,
+    e2e,
+    failover,
+    instructions,
+    mtls,
+    observability,
+    overhead,
+    plots,
+    probes,
+    scale,
+    soak,
+)
+from fastapi_mesh.settings import DEFAULT_CONNECTION_BACKEND
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -31,9 +45,11 @@ def main() -> None:
     picks = balancer.run(sizes=(10, 1_000), rounds=3) if quick else balancer.run()
     pick_table = balancer.report(picks)
     print(pick_table)
-    updates_table = discovery.report(discovery.run(quick=quick))
+    updates = discovery.run(quick=quick)
+    updates_table = discovery.report(updates)
     print(updates_table)
-    probe_table = probes.report(asyncio.run(probes.run(rounds=3, probes=100) if quick else probes.run()))
+    probed = asyncio.run(probes.run(rounds=3, probes=100) if quick else probes.run())
+    probe_table = probes.report(probed)
     print(probe_table)
     e2e_results = e2e.run(
         rounds=e2e.QUICK_ROUNDS if quick else e2e.ROUNDS,
@@ -42,7 +58,7 @@ def main() -> None:
         leak_restarts=e2e.QUICK_LEAK_RESTARTS if quick else e2e.LEAK_RESTARTS,
     )
     e2e_table = e2e.report(e2e_results)
-    e2e_targets = e2e.targets(e2e_results, e2e.DEFAULT_CONNECTION_BACKEND)
+    e2e_targets = e2e.targets(e2e_results, DEFAULT_CONNECTION_BACKEND)
     print(e2e_table)
     print(e2e_targets)
     mtls_results = mtls.run(
@@ -52,12 +68,35 @@ def main() -> None:
     mtls_targets = mtls.targets(mtls_results)
     print(mtls_table)
     print(mtls_targets)
+    failed_over = failover.run(quick=quick, progress=lambda line: print(line, file=sys.stderr))
+    failover_table = failover.report(failed_over)
+    failover_targets = failover.targets(failed_over)
+    print(failover_table)
+    print(failover_targets)
+    scaled = scale.run(quick=quick)
+    scale_table = scale.report(scaled)
+    scale_targets = scale.targets(scaled)
+    print(scale_table)
+    print(scale_targets)
     if quick:
         return
+    plots.plot_all(
+        overhead=results,
+        observability=observed,
+        balancer=picks,
+        discovery=updates,
+        probes=probed,
+        e2e=e2e_results,
+        mtls=mtls_results,
+        failover=failed_over,
+        scale=scaled,
+    )
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"httpx {httpx.__version__}"
     )
+    # The soak is not part of this run (`make soak ARGS=--publish` writes its section): keep the one published.
+    soak_section = soak.published(OUTPUT) or f"{soak.HEADING}\n\nNot published yet: `make soak ARGS=--publish`.\n"
     OUTPUT.write_text(
         f"""# Benchmarks
 
@@ -92,6 +131,8 @@ JSON body), so what differs is only the client-side machinery:
 
 {table}
 
+![Per-call CPU of each variant](img/bench-overhead.png)
+
 The same variants counted in machine instructions under valgrind's callgrind, which the machine's other
 load does not disturb ({instructions.LOW:,} and {instructions.HIGH:,} calls in fresh interpreters, the
 difference divided by the calls between):
@@ -114,6 +155,8 @@ downstream and, with `deadline=`, the `asyncio.timeout_at` timer.
 
 {observability_table}
 
+![Per-call CPU with metrics and tracing on and off](img/bench-observability.png)
+
 Targets: metrics add <= 5% per call; tracing on but unsampled <= 5%; recording <= 25%. The base is a call
 on a mock transport, tens of µs: the smallest there is; against a call on a real socket (see
 [end to end](#end-to-end-on-real-sockets)) the same µs are a far smaller share. The last column is what
@@ -131,6 +174,8 @@ the SDK's code running colder inside a whole call than in its own loop. See
 
 {pick_table}
 
+![Pick cost by strategy and number of endpoints](img/bench-balancer.png)
+
 Targets: <= 5 µs per pick, <= 2x growth from 10 to 10,000 endpoints, <= 2 KiB of balancer state per
 endpoint.
 
@@ -139,6 +184,8 @@ endpoint.
 {discovery.__doc__.split("Targets:")[0].strip()}
 
 {updates_table}
+
+![Time to apply an update of 1,000 endpoints](img/bench-discovery.png)
 
 Targets: an update of 1,000 endpoints applied in < 5 ms, touching only what changed; a call right after an
 update costs no more than a call to a stable service. The Python-calls column is the machine-independent
@@ -152,6 +199,8 @@ read for the first time by the call.
 {probes.__doc__.split("Target:")[0].strip()}
 
 {probe_table}
+
+![Probe cost with and without checks](img/bench-probes.png)
 
 Target: a probe with a 1 s check registered answers as fast as one without. A probe only reads the checks'
 last results, whatever they cost; with a sync check, its worker thread (sleeping, here) can take a share of
@@ -167,7 +216,9 @@ replica restarts. `python -m bench.e2e` runs this part alone (`--quick`: one sho
 
 {e2e_table}
 
-Targets for the default backend (`connection.backend: {e2e.DEFAULT_CONNECTION_BACKEND}`), read from the
+![Throughput, p99 and client CPU per call end to end](img/bench-e2e.png)
+
+Targets for the default backend (`connection.backend: {DEFAULT_CONNECTION_BACKEND}`), read from the
 tables above:
 
 {e2e_targets}
@@ -189,8 +240,10 @@ connection of the origin in constant time and parses responses in C. See the arc
 
 {mtls_table}
 
+![Client CPU per call over mTLS and plain HTTP](img/bench-mtls.png)
+
 Target: client CPU per call over mTLS within {mtls.TARGET:.2f}x of plain HTTP once connections are warm, for
-the default backend (`connection.backend: {e2e.DEFAULT_CONNECTION_BACKEND}`):
+the default backend (`connection.backend: {DEFAULT_CONNECTION_BACKEND}`):
 
 {mtls_targets}
 
@@ -200,7 +253,39 @@ the identity check itself runs once per connection, in the handshake, not per ca
 record layer: encrypting the request and decrypting the response is a few µs, and carrying every read and
 write through the event loop's TLS transport (asyncio's is Python, uvloop's Cython) is most of what
 remains, as it is for a plain aiohttp or httpx client over TLS.
-"""
+
+## Failover
+
+{failover.__doc__.split("Targets:")[0].strip()}
+
+{failed_over.rounds} interleaved rounds of {failed_over.seconds:g} s per scenario and client at
+{failed_over.rate:g} calls a second; `python -m bench.failover` runs this part alone (`--quick`: shorter).
+
+{failover_table}
+
+![Success rate, p99 and upstream requests per call in each scenario](img/bench-failover.png)
+
+Targets: >= 99.9 % success through the kill with p99 <= 2x steady state; upstream requests <= 1.2x the calls
+offered under a total outage:
+
+{failover_targets}
+
+## Scale: services and paths
+
+{scale.__doc__.split("Targets:")[0].strip()}
+
+`python -m bench.scale` runs this part alone (`--quick`: fewer, shorter rounds).
+
+{scale_table}
+
+![Per-call cost and memory as services and paths grow](img/bench-scale.png)
+
+Targets: per call and per gateway request <= 1.2x the cost at 1 service and 1 path, up to 200 services and
+1,000 paths; memory for distinct paths bounded; inbound series independent of the paths:
+
+{scale_targets}
+
+{soak_section}"""
     )
     print(f"wrote {OUTPUT}")
 
