@@ -1,6 +1,6 @@
 """What an endpoint-set update costs, and what a call right after one costs.
 
-- **Applying an update**: ``ServiceRegistry.publish`` (what every backend calls) with a set of 1,000
+- **Applying an update**: ``Services.publish`` (what every backend calls) with a set of 1,000
   endpoints, for four kinds of answer: the same set again (a DNS or Consul answer that changed nothing),
   the same set in another order, one endpoint replaced, and every endpoint replaced. Each update is timed
   alone; the figure is the median over ``ROUNDS`` interleaved rounds. "Kept" counts the endpoint states that
@@ -32,7 +32,7 @@ from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh.clock import MonotonicClock
 from fastapi_mesh.discovery import Endpoint, StaticDiscovery
 from fastapi_mesh.events import EventBus
-from fastapi_mesh.registry import ServiceRegistry
+from fastapi_mesh.services import Services
 
 SIZE = 1_000
 ROUNDS = 30
@@ -47,7 +47,7 @@ def _endpoints(n: int, base: int = 0) -> list[Endpoint]:
 
 def _update_once(kind: str, size: int, rng: random.Random) -> tuple[float, int]:
     """Seconds for one publish of ``kind`` onto a registry holding ``size`` endpoints; states kept."""
-    registry = ServiceRegistry(MeshSettings(), random.Random(1), MonotonicClock(), EventBus())
+    registry = Services(MeshSettings(), random.Random(1), MonotonicClock(), EventBus())
     first = _endpoints(size)
     registry.publish("svc", first)
     before = {state.url: state for state in registry.get("svc").balancer.endpoints}

@@ -15,6 +15,7 @@
         return response.json()
 """
 
+from ._version import __version__
 from .client import MeshClient, create_service_mesh_client
 from .clock import Clock, ManualClock, MonotonicClock
 from .connection.tls import ServerIdentityMismatch
@@ -35,8 +36,6 @@ from .health import HealthManager
 from .middleware import MeshMiddleware
 from .security.identity import peer_identity, require_identity
 from .settings import MeshSettings, ServicePolicy, get_service_config
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AuthorizationDenied",

@@ -1,5 +1,8 @@
 """``MeshClient``: httpx's API addressed by service name, through the mesh's layer stack.
 
+What the client and its per-request views share, and the direct path into the stack, is the ``Runtime``
+(``runtime``); a call with auth, redirects to follow or event hooks goes hop by hop (``hops``).
+
 >>> async def main() -> None:
 ...     async with MeshClient(MeshSettings(discovery={"endpoints": {"users": ["http://10.0.0.1:8080"]}})) as c:
 ...         response = await c.get("users", "/api/users", params={"page": 2}, deadline=1.5)
@@ -8,12 +11,9 @@
 
 from __future__ import annotations
 
-import datetime
-import http.cookiejar
-import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -21,10 +21,9 @@ from typing import Any, TypeVar, overload
 import httpx
 from opentelemetry.trace import TracerProvider
 
-from ._streams import ReleasingStream
-from .clock import Clock, MonotonicClock
-from .context import EXTENSION, CallContext, InboundContext, _inbound, _route_deadline
-from .discovery import Discovery, build_discovery
+from .clock import Clock
+from .context import EXTENSION, CallContext, InboundContext, current_inbound, current_route_deadline
+from .discovery import Discovery
 from .errors import MeshError
 from .events import (
     ALIASES,
@@ -32,318 +31,22 @@ from .events import (
     FALLBACK_USED,
     REQUEST_FAILURE,
     REQUEST_SUCCESS,
-    EventBus,
     EventHandler,
     FallbackUsed,
     RequestEvent,
 )
-from .health.active import ActiveHealthChecker
 from .health.manager import HealthManager
-from .observability.tracing import MeshTracing, client_failed, configure_from_environment, end_client
-from .registry import ServiceRegistry, ServiceState
+from .hops import send_with_client
+from .options import AuthTypes, EventHook, HeaderTypes, QueryParamTypes, as_auth
 from .resilience.breaker import CircuitBreaker
 from .resilience.fallback import MISSING, call_fallback, request_of
+from .runtime import Runtime
+from .services import ServiceState
 from .settings import MeshSettings
-from .stack import build_connection_pool, build_stack
 
 __all__ = ["MeshClient", "create_service_mesh_client"]
 
-#: httpx's own logger: one INFO line per call, in httpx's format, as a plain httpx client writes.
-logger = logging.getLogger("httpx")
-
-
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: httpx's default ``max_redirects``: a call following redirects raises ``httpx.TooManyRedirects`` past it.
-MAX_REDIRECTS = 20
-_Cookies = httpx.Cookies | http.cookiejar.CookieJar | dict[str, str] | list[tuple[str, str]] | None
-#: What httpx accepts as ``headers=``, ``params=`` and ``auth=``.
-HeaderTypes = (
-    httpx.Headers
-    | Mapping[str, str]
-    | Mapping[bytes, bytes]
-    | Sequence[tuple[str, str]]
-    | Sequence[tuple[bytes, bytes]]
-)
-_Primitive = str | int | float | bool | None
-QueryParamTypes = (
-    httpx.QueryParams
-    | Mapping[str, _Primitive | Sequence[_Primitive]]
-    | list[tuple[str, _Primitive]]
-    | tuple[tuple[str, _Primitive], ...]
-    | str
-    | bytes
-)
-AuthTypes = httpx.Auth | tuple[str | bytes, str | bytes] | Callable[[httpx.Request], httpx.Request]
-#: An event hook, as for ``httpx.AsyncClient``: an async callable taking the request or the response.
-EventHook = Callable[[Any], Awaitable[object]]
 H = TypeVar("H", bound=EventHandler)
-
-
-class _KeepNoCookies(http.cookiejar.CookiePolicy):
-    """The shared client's cookie policy: remember nothing an upstream sets, send nothing remembered.
-
-    One ``MeshClient`` calls upstreams on behalf of many callers; a cookie one caller's call brought back
-    must never ride along on another's. A cookie a call passes (``cookies=``) is sent with that call only.
-    """
-
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = True
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: Any) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: Any) -> bool:
-        return False
-
-
-class _Runtime:
-    """What a client and all its per-request views share. Loop-bound parts exist only while started."""
-
-    def __init__(
-        self,
-        settings: MeshSettings,
-        transport: httpx.AsyncBaseTransport | None,
-        clock: Clock | None,
-        rng: random.Random | None,
-        discovery: Discovery | None,
-        headers: HeaderTypes | None = None,
-        params: QueryParamTypes | None = None,
-        auth: AuthTypes | None = None,
-        event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
-        tracer_provider: TracerProvider | None = None,
-    ) -> None:
-        self.settings = settings
-        #: Client-level defaults, merged into each call's as httpx merges them (checked here, as httpx does).
-        self.headers = httpx.Headers(headers) if headers is not None else None
-        self.params = httpx.QueryParams(params) if params is not None else None
-        self.auth = _as_auth(auth)
-        #: ``(request hooks, response hooks)``, or None when there are none (the fast path checks only that).
-        self.hooks = _event_hooks(event_hooks)
-        #: Spans and trace propagation (``observability.tracing``), or None: then calls pay nothing for them.
-        self.tracing = MeshTracing(tracer_provider) if settings.observability.tracing else None
-        self.clock: Clock = clock or MonotonicClock()
-        self.rng = rng or random.Random()
-        self.events = EventBus()
-        #: ``observability.metrics``: calls observe their duration (``mesh_upstream_request_duration_seconds``).
-        self.observe = settings.observability.metrics
-        self.user_transport = transport
-        # Built from settings, a backend waits on real time (a test clock that jumps would spin its retry
-        # loop); pass a backend object to control its clock.
-        self.discovery: Discovery = discovery if discovery is not None else build_discovery(settings, rng=self.rng)
-        self.registry = ServiceRegistry(
-            settings,
-            self.rng,
-            self.clock,
-            self.events,
-            on_new=self._watch,
-            wait_for_sync=bool(getattr(self.discovery, "syncs_in_background", False)),
-        )
-        self.health = HealthManager(settings.health_check, settings.service_name, self.clock)
-        for service in settings.discovery.critical_services:
-            self._add_discovery_checks(service)
-        self.http: httpx.AsyncClient | None = None
-        #: The layer stack; calls go straight to it (``http`` builds their requests and redirect requests;
-        #: nothing is sent through it: auth flows and redirects are driven in this module).
-        self.stack: httpx.AsyncBaseTransport | None = None
-        #: The innermost connection layer while started (the caller's ``transport``, else the pool built from
-        #: the settings); active health checks probe through it, with the same TLS, rotation included.
-        self.pool: httpx.AsyncBaseTransport | None = None
-        self.discovery_started = False
-        self.closed = False
-
-    def _add_discovery_checks(self, service: str) -> None:
-        """A critical upstream service: start-up waits for its first sync, readiness for its endpoints."""
-        registry = self.registry
-
-        # Async, so they run on the event loop (sync checks run in a worker thread) at no cost.
-        async def first_sync() -> bool:
-            if not registry.get(service).synced:
-                raise RuntimeError(f"no answer from discovery for {service!r} yet")
-            return True
-
-        async def has_endpoints() -> bool:
-            if not registry.get(service).balancer.endpoints:
-                raise RuntimeError(f"discovery knows no endpoints of {service!r}")
-            return True
-
-        # An empty set has already outlasted discovery.empty_grace: readiness fails at the first check.
-        self.health.add_check(f"discovery-sync:{service}", first_sync, kind="startup", critical=True)
-        self.health.add_check(
-            f"discovery:{service}", has_endpoints, kind="readiness", critical=True, failure_threshold=1
-        )
-
-    def discovery_status(self) -> dict[str, Any]:
-        """The backend and, per service, how its sync stands (``/mesh/status`` shows it under ``discovery``)."""
-        status = getattr(self.discovery, "sync_status", None)
-        services: dict[str, Any]
-        if callable(status):
-            live = self.registry.services
-            services = {name: s for name, s in status().items() if name in live}
-        else:
-            services = {
-                name: {"synced": s.synced, "endpoints": len(s.balancer.endpoints)}
-                for name, s in self.registry.known().items()
-            }
-        backend = getattr(self.discovery, "backend", None) or self.settings.discovery.backend
-        return {"backend": backend, "services": services}
-
-    def _watch(self, service: str) -> None:
-        if self.discovery_started:
-            self.discovery.watch(service)
-        self._start_active_check(service)
-
-    def _start_active_check(self, service: str) -> None:
-        """While running: start the active health checks of ``service`` if its policy enables them."""
-        state = self.registry.services.get(service)
-        pool = self.pool
-        if state is None or pool is None or not state.policy.active_health_check.enabled:
-            return
-        if state.active_check is None:
-            state.active_check = ActiveHealthChecker(
-                service,
-                state.policy.active_health_check,
-                state.balancer,
-                clock=self.clock,
-                rng=random.Random(self.rng.getrandbits(64)),
-            )
-        # Probes go where calls go, over the same pool: the same TLS context, which follows rotation, and the
-        # server's identity checked against mtls.expected_identities (a new pool after each restart).
-        state.active_check.start(transport=pool)
-
-    async def start(self) -> httpx.AsyncClient:
-        """Start (again, after ``stop``): connection pool, discovery, health checks."""
-        if self.http is not None:
-            return self.http
-        self.closed = False
-        pool = self.pool = self.user_transport or build_connection_pool(self.settings)
-        stack = build_stack(pool, clock=self.clock, rng=self.rng, events=self.events)
-        if self.tracing is not None and not self.tracing.provider_given:
-            configure_from_environment(self.settings.service_name)
-        self.stack = stack
-        self.http = client = self.client_over(
-            _Borrowed(stack) if self.user_transport is not None else stack,
-            http.cookiejar.CookieJar(_KeepNoCookies()),
-        )
-        try:
-            await self.discovery.start(self.registry.feed)
-            self.discovery_started = True
-            for service in self.registry.services:
-                self.discovery.watch(service)
-            for service in list(self.registry.services):
-                self._start_active_check(service)
-            await self.health.start()
-        except BaseException:
-            # Half-started is not started: undo, so that the next start (on a new loop, say) starts afresh.
-            await self.stop()
-            self.closed = False
-            raise
-        return client
-
-    def client_over(self, transport: httpx.AsyncBaseTransport, cookies: _Cookies) -> httpx.AsyncClient:
-        """An ``httpx.AsyncClient`` over ``transport`` with the mesh's client settings: no proxies from the
-        environment, no redirects unless a call asks, ``circuit_breaker.timeout`` per attempt (services with
-        their own pass theirs per call), the client-level ``headers`` and ``params``, which its
-        ``build_request`` merges into each call's."""
-        return httpx.AsyncClient(
-            transport=transport,
-            trust_env=False,
-            follow_redirects=False,
-            cookies=cookies,
-            timeout=self.settings.circuit_breaker.timeout,
-            headers=self.headers,
-            params=self.params,
-        )
-
-    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
-        """``request`` through the stack, as ``httpx.AsyncClient.send`` would send it with this runtime's
-        client settings (no auth, no redirects, no cookie jar), minus the machinery those need."""
-        stack = self.stack
-        if stack is None:  # stopped between the call's start and here
-            raise RuntimeError("this MeshClient was closed while the call was starting")
-        if not isinstance(request.stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to send an sync request with an AsyncClient instance.")  # httpx's words
-        # Tracing on: a client span covers everything the stack does for the request (one check when off).
-        span = self.tracing.start_client(request) if self.tracing is not None else None
-        start = time.perf_counter()
-        try:
-            response = await stack.handle_async_request(request)
-        except BaseException as exc:
-            if isinstance(exc, httpx.RequestError):
-                exc.request = request  # as httpx does: errors name the request the caller made
-            if span is not None:
-                client_failed(span, request, exc)
-            raise
-        if span is not None:
-            end_client(span, request, response)
-        response.request = request
-        if stream:
-            response.stream = ReleasingStream(
-                response.stream,  # type: ignore[arg-type]
-                lambda: _set_elapsed(response, start),
-            )
-        else:
-            if not response.is_closed:  # the attempt layer read the body; this decodes it (gzip ...)
-                await response.aread()
-            _set_elapsed(response, start)
-        if response.status_code in _REDIRECTS and "location" in response.headers and self.http is not None:
-            try:
-                response.next_request = _redirect_request(self.http, request, response)
-            except BaseException:  # a Location httpx cannot use: as httpx, raise; first free what is held
-                await response.aclose()
-                raise
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                'HTTP Request: %s %s "%s %d %s"',
-                request.method,
-                request.url,
-                response.http_version,
-                response.status_code,
-                response.reason_phrase,
-            )
-        return response
-
-    async def lazy_start(self) -> httpx.AsyncClient:
-        """The first call of a client nobody started starts it; a closed one stays closed."""
-        if self.closed:
-            raise RuntimeError(
-                "this MeshClient is closed (its lifespan ended or aclose() was called); "
-                "start it again with `await client.initialize()` or `async with client:`"
-            )
-        return await self.start()
-
-    async def stop(self) -> None:
-        self.closed = True
-        client, self.http = self.http, None
-        self.stack = self.pool = None
-        for state in list(self.registry.services.values()):
-            if state.active_check is not None:
-                await state.active_check.stop()
-        await self.health.stop()
-        if self.discovery_started:
-            self.discovery_started = False
-            await self.discovery.stop()
-        if client is not None:
-            await client.aclose()
-
-
-class _Borrowed(httpx.AsyncBaseTransport):
-    """The stack over a transport the caller passed in: closing the client leaves theirs open."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.handle_async_request = inner.handle_async_request  # type: ignore[method-assign]
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:  # pragma: no cover
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
 
 
 class MeshClient:
@@ -390,7 +93,7 @@ class MeshClient:
         event_hooks: Mapping[str, Sequence[EventHook]] | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
-        self._rt = _Runtime(
+        self._rt = Runtime(
             settings if settings is not None else MeshSettings(),
             transport,
             clock,
@@ -455,8 +158,8 @@ class MeshClient:
     ) -> tuple[ServiceState, CallContext, httpx.URL, float | None]:
         """The call's service, context and URL, and the clock time ``_deadline`` read (None: it read none)."""
         rt = self._rt
-        state = rt.registry.get(service)
-        inbound = self._inbound if self._inbound is not None else _inbound.get()
+        state = rt.services.get(service)
+        inbound = self._inbound if self._inbound is not None else current_inbound()
         ctx = CallContext(state, None, inbound, affinity_key)
         now = self._deadline(ctx, deadline, inbound)
         extensions = kwargs.get("extensions")
@@ -470,14 +173,12 @@ class MeshClient:
             kwargs["headers"] = headers
         return state, ctx, state.url(path), now
 
-    def _deadline(
-        self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None
-    ) -> float | None:
+    def _deadline(self, ctx: CallContext, call_deadline: float | None, inbound: InboundContext | None) -> float | None:
         """Set ``ctx.deadline``: the earliest of the route's, the inbound header's, ``deadline=`` and
         ``retry.max_elapsed``. Only the first three arm the call's timer (``ctx.timed``): ``max_elapsed``
         alone caps attempt timeouts and stops retries, at no per-call timer cost. Returns the clock time
         it read, if it needed one."""
-        best = _route_deadline.get()
+        best = current_route_deadline()
         if inbound is not None and inbound.deadline is not None and (best is None or inbound.deadline < best):
             best = inbound.deadline
         max_elapsed = ctx.service.policy.retry.max_elapsed
@@ -515,39 +216,49 @@ class MeshClient:
         rt = self._rt
         http = rt.http if rt.http is not None else await rt.lazy_start()
         state, ctx, url, now = self._prepare(service, path, deadline, affinity_key, kwargs)
-        events = rt.events
-        observe = rt.observe
         # Durations are for the latency histogram and event subscribers: the call starts when its deadline
         # was set (no second clock read), else no clock read when neither wants one.
-        start = now if now is not None else rt.clock.now() if observe or events._handlers else 0.0
+        start = now if now is not None else rt.clock.now() if rt.observe or rt.events._handlers else 0.0
         state.requests += 1
         try:
             if state.sync_pending and not state.balancer.endpoints:  # discovery has not answered for it yet
-                await rt.registry.wait_for_first_sync(state, ctx.deadline)
+                await rt.services.wait_for_first_sync(state, ctx.deadline)
             response = await _dispatch(rt, http, method, url, kwargs, stream=False)
         except MeshError as exc:
-            state.failures += 1
-            if observe:
-                state.durations.observe_call(method, None, rt.clock.now() - start)
-            self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
+            self._count(state, ctx, method, start, None, exc)
             if fallback is not MISSING and state.fallback_enabled:
                 self._fell_back(service, None, exc)
                 return await call_fallback(fallback, exc, request_of(exc))
             raise
         status = response.status_code
-        if observe:
-            state.durations.observe_call(method, status, rt.clock.now() - start)
-        if status >= 500:
-            state.failures += 1
-            self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
-            if fallback is not MISSING and state.fallback_enabled:
-                self._fell_back(service, status, None)
-                return await _status_fallback(fallback, service, response)
-        else:
-            state.successes += 1
-            if events._handlers:  # nobody listening (the usual case): not even a call
-                self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
+        if self._count(state, ctx, method, start, status, None) and fallback is not MISSING and state.fallback_enabled:
+            self._fell_back(service, status, None)
+            return await _status_fallback(fallback, service, response)
         return response
+
+    def _count(
+        self,
+        state: ServiceState,
+        ctx: CallContext,
+        method: str,
+        start: float,
+        status: int | None,
+        error: MeshError | None,
+    ) -> bool:
+        """The one place a call's outcome is counted, for ``request`` and ``stream`` alike: its duration
+        (``status`` None: no response, ``error`` says why), the service's counters and ``request:success`` or
+        ``request:failure``. True when the call failed: no response, or a 5xx (a per-call fallback answers)."""
+        rt = self._rt
+        if rt.observe:
+            state.durations.observe_call(method, status, rt.clock.now() - start)
+        if status is None or status >= 500:
+            state.failures += 1
+            self._emit(REQUEST_FAILURE, ctx, method, status, start, error)
+            return True
+        state.successes += 1
+        if rt.events._handlers:  # nobody listening (the usual case): not even a call
+            self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
+        return False
 
     def _emit(
         self,
@@ -562,9 +273,7 @@ class MeshClient:
         if events.wants(name):
             endpoint = ctx.endpoint.url if ctx.endpoint is not None else None
             duration = self._rt.clock.now() - start
-            events.emit(
-                name, RequestEvent(ctx.service.name, endpoint, method, status, duration, ctx.attempts, error)
-            )
+            events.emit(name, RequestEvent(ctx.service.name, endpoint, method, status, duration, ctx.attempts, error))
 
     def _fell_back(self, service: str, status: int | None, error: BaseException | None) -> None:
         events = self._rt.events
@@ -592,18 +301,13 @@ class MeshClient:
         state, ctx, url, now = self._prepare(service, path, deadline, affinity_key, kwargs)
         ctx.stream = True
         state.requests += 1
-        events = rt.events
-        observe = rt.observe
-        start = now if now is not None else rt.clock.now() if observe or events._handlers else 0.0
+        start = now if now is not None else rt.clock.now() if rt.observe or rt.events._handlers else 0.0
         try:
             if state.sync_pending and not state.balancer.endpoints:
-                await rt.registry.wait_for_first_sync(state, ctx.deadline)
+                await rt.services.wait_for_first_sync(state, ctx.deadline)
             response = await _dispatch(rt, http, method, url, kwargs, stream=True)
         except MeshError as exc:
-            state.failures += 1
-            if observe:
-                state.durations.observe_call(method, None, rt.clock.now() - start)
-            self._emit(REQUEST_FAILURE, ctx, method, None, start, exc)
+            self._count(state, ctx, method, start, None, exc)
             if fallback is MISSING or not state.fallback_enabled:
                 raise
             self._fell_back(service, None, exc)
@@ -611,20 +315,11 @@ class MeshClient:
             yield response
             return
         status = response.status_code
-        if observe:
-            state.durations.observe_call(method, status, rt.clock.now() - start)
-        if status >= 500:
-            state.failures += 1
-            self._emit(REQUEST_FAILURE, ctx, method, status, start, None)
-            if fallback is not MISSING and state.fallback_enabled:
-                self._fell_back(service, status, None)
-                await response.aclose()
-                yield await _status_fallback(fallback, service, response)
-                return
-        else:
-            state.successes += 1
-            if events._handlers:
-                self._emit(REQUEST_SUCCESS, ctx, method, status, start, None)
+        if self._count(state, ctx, method, start, status, None) and fallback is not MISSING and state.fallback_enabled:
+            self._fell_back(service, status, None)
+            await response.aclose()
+            yield await _status_fallback(fallback, service, response)
+            return
         try:
             yield response
         finally:
@@ -661,8 +356,9 @@ class MeshClient:
 
     def on(self, name: str, handler: H | None = None) -> Callable[[], None] | Callable[[H], H]:
         """Subscribe ``handler`` (sync or async, taking the event) to the event ``name``, e.g.
-        ``"request-failure"`` or ``"circuit-breaker:open"`` (``fastapi_mesh.events.EVENTS``; the older names in
-        ``ALIASES`` work too); returns a function that unsubscribes it. Without ``handler``, a decorator:
+        ``"request:failure"`` or ``"circuit-breaker:open"`` (``fastapi_mesh.events.EVENTS``; the older names in
+        ``ALIASES``, the seed's ``"request-success"`` among them, work too); returns a function that
+        unsubscribes it. Without ``handler``, a decorator:
 
         >>> client = MeshClient()
         >>> @client.on("circuit-breaker:open")
@@ -680,7 +376,7 @@ class MeshClient:
 
     def circuit_breaker(self, service: str) -> CircuitBreaker:
         """The breaker of ``service``, for reading its ``state`` or ``force_open()`` / ``disable()`` / ``reset()``."""
-        return self._rt.registry.get(service).breaker
+        return self._rt.services.get(service).breaker
 
     def get_liveness(self) -> dict[str, object]:
         return self._rt.health.liveness()
@@ -695,7 +391,7 @@ class MeshClient:
         """A snapshot per upstream service: ``load_balancer`` (endpoints), ``circuit_breakers``, ``bulkheads``,
         ``retry`` and ``requests`` counters, ``discovery`` (backend, and per service: synced, stale, errors,
         last sync) and ``active_health_checks`` (per service with them on: each endpoint's last result)."""
-        services = self._rt.registry.known()  # not every name somebody called: that is unbounded
+        services = self._rt.services.known()  # not every name somebody called: that is unbounded
         return {
             "service": self._rt.settings.service_name,
             "environment": self._rt.settings.environment,
@@ -732,7 +428,7 @@ class MeshClient:
         sync = document["discovery"]["services"]
         observed = self._rt.observe
         services: dict[str, Any] = {}
-        for name, state in self._rt.registry.known().items():
+        for name, state in self._rt.services.known().items():
             breaker = document["circuit_breakers"][name]
             budget = document["retry"][name]["budget"]
             ejections = state.balancer.outlier.as_dict()
@@ -773,200 +469,22 @@ class MeshClient:
 
 
 def _dispatch(
-    rt: _Runtime, http: httpx.AsyncClient, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
+    rt: Runtime, http: httpx.AsyncClient, method: str, url: httpx.URL, kwargs: dict[str, Any], *, stream: bool
 ) -> Coroutine[Any, Any, httpx.Response]:
     """Build the call's request with httpx and send it: straight to the stack, or, for a call with auth
-    (its own or the client's), redirects to follow or event hooks, through ``_send_with_client``."""
+    (its own or the client's), redirects to follow or event hooks, through ``hops.send_with_client``."""
     auth = rt.auth
     follow = False
     if "auth" in kwargs or "follow_redirects" in kwargs:
         given = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)
         if given is not httpx.USE_CLIENT_DEFAULT:
-            auth = _as_auth(given)
+            auth = as_auth(given)
         redirects = kwargs.pop("follow_redirects", False)
         follow = redirects is not httpx.USE_CLIENT_DEFAULT and bool(redirects)
     request = http.build_request(method, url, **kwargs)
     if auth is None and not follow and rt.hooks is None:
         return rt.send(request, stream=stream)
-    return _send_with_client(rt, request, auth, follow, kwargs.get("cookies"), stream=stream)
-
-
-async def _send_with_client(
-    rt: _Runtime, request: httpx.Request, auth: httpx.Auth | None, follow: bool, cookies: _Cookies, *, stream: bool
-) -> httpx.Response:
-    """``request`` with the client machinery ``httpx.AsyncClient.send`` has, driven here over the stack as
-    httpx drives it: the auth flow outermost, the redirect loop inside it, event hooks around each request
-    sent. Each request after the first (an auth step, a followed redirect) is a new hop through the stack,
-    with attempts of its own; the deadline is shared.
-
-    Redirects are followed only within the service (to its logical address or one of its endpoints), up to
-    ``MAX_REDIRECTS``; a redirect anywhere else is returned unfollowed, with its ``next_request``, as the mesh
-    can only send to the service's endpoints. httpx builds each redirect request (method change on 301/302/
-    303, body dropped with the method, ``Authorization`` dropped for another origin, which the service's
-    addresses are not to each other: within the service it is kept). A cookie jar of the call's own holds
-    its ``cookies=`` and what the hops set, for the next hop of that call only (a login redirect works), and
-    is gone with the call, so nothing reaches another caller's calls."""
-    hops = _Hops(rt, request, follow, cookies, stream)
-    if auth is None:
-        return await hops.send(request, [])
-    flow = auth.async_auth_flow(request)
-    history: list[httpx.Response] = []
-    try:
-        request = await flow.__anext__()
-        while True:
-            response = await hops.send(request, history)
-            try:
-                try:
-                    following = await flow.asend(response)
-                except StopAsyncIteration:
-                    return response
-                response.history = list(history)
-                await response.aread()
-                history.append(response)
-                request = hops.next_step(following)
-            except BaseException:
-                await response.aclose()
-                raise
-    finally:
-        await flow.aclose()
-
-
-class _Hops:
-    """One call's requests through the stack: redirect hops followed, hooks run, the call's cookie jar."""
-
-    __slots__ = ("cookies", "ctx", "extensions", "follow", "jar", "rt", "stream")
-
-    def __init__(self, rt: _Runtime, request: httpx.Request, follow: bool, cookies: _Cookies, stream: bool) -> None:
-        self.rt = rt
-        self.extensions = request.extensions
-        self.ctx: CallContext = request.extensions[EXTENSION]
-        self.follow = follow
-        self.cookies = cookies
-        self.jar: httpx.Cookies | None = None  # made when a followed hop needs it (cookies to send or set)
-        self.stream = stream
-
-    def next_step(self, request: httpx.Request) -> httpx.Request:
-        """A request an auth flow yields after the first: a new hop (the same request changed, usually; a new
-        one gets the call's context and timeouts)."""
-        if EXTENSION not in request.extensions:
-            request.extensions = {**self.extensions, **request.extensions}
-        self.ctx.new_hop()
-        return request
-
-    async def send(self, request: httpx.Request, history: list[httpx.Response]) -> httpx.Response:
-        """As httpx's redirect loop: hooks, send, and while a redirect within the service is to be followed,
-        read it and send the next request."""
-        rt = self.rt
-        hooks = rt.hooks
-        while True:
-            if hooks is not None:
-                for hook in hooks[0]:
-                    await hook(request)
-            response = await rt.send(request, stream=self.stream)
-            try:
-                if hooks is not None:
-                    for hook in hooks[1]:
-                        await hook(response)
-                if history:
-                    response.history = list(history)
-                following = response.next_request
-                if following is None or not self.follow or not _within(self.ctx.service, following.url):
-                    return response
-                if len(history) >= MAX_REDIRECTS:
-                    raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=following)
-                credentials = request.headers.get("authorization")
-                if credentials is not None and "authorization" not in following.headers:
-                    # httpx dropped it for another endpoint's address; the service is one origin
-                    following.headers["authorization"] = credentials
-                jar = self.jar
-                if "set-cookie" in response.headers or (jar is None and self.cookies):
-                    if jar is None:
-                        jar = self.jar = httpx.Cookies(self.cookies)
-                    jar.extract_cookies(response)
-                if jar:  # an empty jar would add nothing: skip the cookie machinery
-                    jar.set_cookie_header(following)
-                await response.aread()  # a streamed hop: read (which closes it and frees its slots)
-            except BaseException:
-                await response.aclose()  # a body that failed to arrive still gives its slots back
-                raise
-            history = [*history, response]
-            self.ctx.new_hop()
-            request = following
-
-
-def _redirect_request(http: httpx.AsyncClient, request: httpx.Request, response: httpx.Response) -> httpx.Request:
-    """The request a redirect asks for, as httpx's ``_build_redirect_request`` builds it, only with the
-    usual Location (a path on the same server) resolved through the service's cache of parsed URLs rather
-    than parsed and joined afresh, which costs more than the rest of the hop's stack. Cookies are left out:
-    the shared client's jar never holds any."""
-    location = response.headers["location"]
-    if location[:1] != "/" or location[:2] == "//" or request.url.fragment:
-        return http._build_redirect_request(request, response)
-    ctx: CallContext = request.extensions[EXTENSION]
-    try:
-        path = ctx.service.url(location)._uri_reference  # dot segments removed, as httpx's join does
-        base = request.url._uri_reference
-    except (httpx.InvalidURL, AttributeError):  # httpx's own path raises httpx's error for a bad Location
-        return http._build_redirect_request(request, response)
-    url = _NEW_URL(httpx.URL)
-    url._uri_reference = _NEW_TUPLE(
-        type(base), (base.scheme, base.userinfo, base.host, base.port, path.path, path.query, path.fragment)
-    )
-    method = http._redirect_method(request, response)
-    return httpx.Request(
-        method,
-        url,
-        headers=http._redirect_headers(request, url, method),
-        stream=http._redirect_stream(request, method),
-        extensions=request.extensions,
-    )
-
-
-_NEW_TUPLE = tuple.__new__
-_NEW_URL = httpx.URL.__new__
-
-
-def _as_auth(auth: object) -> httpx.Auth | None:
-    """``auth=`` as httpx takes it: an ``httpx.Auth``, a ``(username, password)`` tuple, a callable that
-    changes the request, or None."""
-    if auth is None or isinstance(auth, httpx.Auth):
-        return auth
-    if isinstance(auth, tuple):
-        return httpx.BasicAuth(username=auth[0], password=auth[1])
-    if callable(auth):
-        return _FunctionAuth(auth)
-    raise TypeError(f'Invalid "auth" argument: {auth!r}')  # httpx's words
-
-
-class _FunctionAuth(httpx.Auth):
-    """A callable as ``auth=``: it gets the request and returns the one to send, as httpx does."""
-
-    def __init__(self, func: Callable[[httpx.Request], httpx.Request]) -> None:
-        self._func = func
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        yield self._func(request)
-
-
-def _event_hooks(
-    event_hooks: Mapping[str, Sequence[EventHook]] | None,
-) -> tuple[tuple[EventHook, ...], tuple[EventHook, ...]] | None:
-    """``event_hooks`` as ``(request hooks, response hooks)``, or None when there are none."""
-    if not event_hooks:
-        return None
-    unknown = sorted(set(event_hooks) - {"request", "response"})
-    if unknown:
-        raise ValueError(f"event_hooks: unknown event(s) {unknown}; the events are 'request' and 'response'")
-    hooks = tuple(event_hooks.get("request", ())), tuple(event_hooks.get("response", ()))
-    return hooks if hooks[0] or hooks[1] else None
-
-
-def _within(service: ServiceState, url: httpx.URL) -> bool:
-    """Whether ``url`` addresses ``service``: its logical ``http://<name>`` or one of its endpoints."""
-    origin = (url.scheme, url.host, url.port)
-    if origin == ("http", service.name, None):
-        return True
-    return any((e.scheme, e.host, e.port) == origin for e in (s.endpoint for s in service.balancer.endpoints))
+    return send_with_client(rt, request, auth, follow, kwargs.get("cookies"), stream=stream)
 
 
 async def _status_fallback(fallback: Any, service: str, response: httpx.Response) -> httpx.Response:
@@ -977,14 +495,7 @@ async def _status_fallback(fallback: Any, service: str, response: httpx.Response
     return await call_fallback(fallback, error, response.request)
 
 
-def _set_elapsed(response: httpx.Response, start: float) -> None:
-    response.elapsed = datetime.timedelta(seconds=time.perf_counter() - start)
-
-
-
-def create_service_mesh_client(
-    service_name: str, settings: MeshSettings | None = None, **kwargs: Any
-) -> MeshClient:
+def create_service_mesh_client(service_name: str, settings: MeshSettings | None = None, **kwargs: Any) -> MeshClient:
     """Seed-style constructor: ``create_service_mesh_client("my-service")`` then ``await c.initialize()``.
 
     ``settings`` (or ``MESH_*`` variables) supply the rest; ``kwargs`` go to ``MeshClient``.

@@ -6,18 +6,33 @@ import contextvars
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import cookie_parser
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from .balancing.balancer import EndpointState
-    from .registry import ServiceState
+    from .balancing.balancer import Group
+    from .balancing.endpoint import EndpointState
+    from .balancing.routing import AffinityKey, IPNetwork
+    from .services import ServiceState
 
-__all__ = ["CallContext", "InboundContext", "forwarded_client", "parse_inbound_deadline"]
+__all__ = [
+    "EXTENSION",
+    "CallContext",
+    "InboundContext",
+    "current_inbound",
+    "current_route_deadline",
+    "forwarded_client",
+    "inbound_for",
+    "parse_inbound_deadline",
+    "reset_inbound",
+    "reset_route_deadline",
+    "set_inbound",
+    "set_route_deadline",
+]
 
 #: Extension key under which a call's ``CallContext`` travels through the transport stack.
 EXTENSION = "mesh"
@@ -33,8 +48,6 @@ _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9
 _GRPC_RE = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 #: Longer millisecond values (over 31 years) are not a deadline anyone meant: ignored.
 _MAX_MS_DIGITS = 12
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class CallContext:
@@ -75,9 +88,21 @@ class CallContext:
         self.tried: list[EndpointState] = []
         #: The balancer's routing choice (a subset of the endpoints, or all of them), made at the first
         #: attempt and kept for the call's retries and hedges. Opaque outside the balancer.
-        self.group: object | None = None
+        self.group: Group | None = None
         #: The recording client span of the request being sent (tracing on), for the layers' span events.
         self.span: Span | None = None
+
+    def hedge(self) -> CallContext:
+        """The context of a hedge: the call's, with an endpoint of its own. The endpoints tried are the call's
+        list itself (each attempt sees the others' and later retries see both); the routing choice is the
+        call's as it stands. The retry layer takes the endpoint of whichever attempt it answers with."""
+        twin = CallContext(self.service, self.deadline, self.inbound, self.affinity_key, self.stream)
+        twin.attempts = self.attempts
+        twin.timed = self.timed
+        twin.tried = self.tried
+        twin.group = self.group
+        twin.span = self.span
+        return twin
 
     def new_hop(self) -> None:
         """A followed redirect starts over: attempts and endpoints tried count per hop; the deadline stays."""
@@ -170,6 +195,16 @@ class InboundContext:
             self.issued[name] = value
         return value
 
+    def affinity_key(self, source: AffinityKey) -> str | None:
+        """The affinity key ``source`` names in this request: the caller's address, a header or a cookie
+        (reading an ``issuable`` cookie issues it: see ``cookie``); None when the request has none."""
+        kind = source.kind
+        if kind == "client-ip":
+            return self.client_address(source.trusted)
+        if kind == "header":
+            return self.header(source.name)
+        return self.cookie(source.name)
+
     def client_address(self, trusted: Sequence[IPNetwork]) -> str | None:
         """The caller's address: the direct peer, unless the peer is one of the ``trusted`` proxies; then the
         rightmost ``X-Forwarded-For`` entry that is not a trusted proxy itself."""
@@ -237,11 +272,17 @@ _route_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-def current_inbound() -> InboundContext | None:
-    return _inbound.get()
+# The two contextvars are read and set only through the functions below (the getters are the contextvars'
+# own ``get``: no extra call on a call's path).
+
+#: The inbound request being served (set by ``MeshMiddleware``), or None.
+current_inbound: Callable[[], InboundContext | None] = _inbound.get
+#: The deadline of the route being served (set by ``@mesh.policy(timeout=...)``; clock time), or None.
+current_route_deadline: Callable[[], float | None] = _route_deadline.get
 
 
 def set_inbound(ctx: InboundContext | None) -> contextvars.Token[InboundContext | None]:
+    """Make ``ctx`` the inbound request being served; pass the token to ``reset_inbound`` when it ends."""
     return _inbound.set(ctx)
 
 
@@ -250,10 +291,22 @@ def reset_inbound(token: contextvars.Token[InboundContext | None]) -> None:
 
 
 def set_route_deadline(deadline: float | None) -> contextvars.Token[float | None]:
+    """Make ``deadline`` the route's; pass the token to ``reset_route_deadline`` when the route ends."""
     return _route_deadline.set(deadline)
 
 
 def reset_route_deadline(token: contextvars.Token[float | None]) -> None:
     _route_deadline.reset(token)
+
+
+def inbound_for(scope: Mapping[str, Any], now: float) -> InboundContext:
+    """The inbound request being served: the one ``MeshMiddleware`` set, else one read from ``scope`` (the
+    caller's address and headers; ``now`` is the clock reading an inbound deadline is relative to). What
+    ``get_mesh`` binds to its view of the client, and where a route policy's deadline starts from."""
+    inbound = _inbound.get()
+    if inbound is None:
+        client = scope.get("client")
+        inbound = InboundContext.from_headers(client[0] if client else None, scope.get("headers", ()), now)
+    return inbound
 
 

@@ -2,10 +2,10 @@
 
 >>> bus = EventBus()
 >>> seen = []
->>> off = bus.on("request-success", seen.append)
+>>> off = bus.on("request:success", seen.append)
 >>> @bus.on("circuit-breaker:open")
 ... def paged(event): ...
->>> bus.wants("request-success"), bus.wants("request-failure"), bus.wants("circuit-breaker:open")
+>>> bus.wants("request:success"), bus.wants("request:failure"), bus.wants("circuit-breaker:open")
 (True, False, True)
 
 Handlers may be sync or async. A handler that raises is logged (once per handler; later failures at debug
@@ -14,7 +14,9 @@ once: past that, events for async handlers are dropped (logged once per handler)
 holds up a request nor piles up memory. A sync handler runs inline: one slower than ``SLOW_HANDLER`` seconds
 is logged once, as it holds up the call that emitted the event.
 
-Older names stay as aliases of the current ones (``ALIASES``): a handler subscribed to either gets the event.
+Every name is ``area:event``. Older names stay as aliases of the current ones (``ALIASES``), the seed's
+``request-success`` and ``service-mesh:retry:max-reached`` among them: a handler subscribed to either gets
+the event.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ __all__ = [
     "CIRCUIT_OPEN",
     "CIRCUIT_STATE_CHANGE",
     "DISCOVERY_CHANGED",
-    "ENDPOINTS_CHANGED",
     "ENDPOINT_EJECTED",
     "ENDPOINT_RESTORED",
     "EVENTS",
@@ -57,10 +58,10 @@ __all__ = [
 
 logger = logging.getLogger("fastapi_mesh.events")
 
-REQUEST_SUCCESS = "request-success"
-REQUEST_FAILURE = "request-failure"
-RETRY_ATTEMPT = "service-mesh:retry:attempt"
-RETRY_MAX_REACHED = "service-mesh:retry:max-reached"
+REQUEST_SUCCESS = "request:success"
+REQUEST_FAILURE = "request:failure"
+RETRY_ATTEMPT = "retry:attempt"
+RETRY_MAX_REACHED = "retry:max-reached"
 #: Every breaker transition; the three below are its most watched ones (``forced-open`` counts as open).
 CIRCUIT_STATE_CHANGE = "circuit-breaker:state-change"
 CIRCUIT_OPEN = "circuit-breaker:open"
@@ -71,12 +72,14 @@ ENDPOINT_EJECTED = "endpoint:ejected"
 ENDPOINT_RESTORED = "endpoint:restored"
 DISCOVERY_CHANGED = "discovery:changed"
 FALLBACK_USED = "fallback:used"
-#: The name ``discovery:changed`` had first (still accepted, as are the other ``ALIASES``).
-ENDPOINTS_CHANGED = "endpoints-changed"
 
-#: Earlier names, each the same event as the name it maps to.
+#: Earlier names, each the same event as the name it maps to: the seed's, and the first names of others.
 ALIASES: dict[str, str] = {
-    ENDPOINTS_CHANGED: DISCOVERY_CHANGED,
+    "request-success": REQUEST_SUCCESS,
+    "request-failure": REQUEST_FAILURE,
+    "service-mesh:retry:attempt": RETRY_ATTEMPT,
+    "service-mesh:retry:max-reached": RETRY_MAX_REACHED,
+    "endpoints-changed": DISCOVERY_CHANGED,
     "outlier:ejected": ENDPOINT_EJECTED,
     "outlier:returned": ENDPOINT_RESTORED,
 }

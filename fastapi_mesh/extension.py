@@ -22,9 +22,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import HTTPConnection, Request
 
-from .client import AuthTypes, EventHook, HeaderTypes, MeshClient, QueryParamTypes
+from . import running
+from .client import MeshClient
 from .clock import Clock
-from .context import InboundContext, current_inbound
+from .context import inbound_for
 from .discovery import Discovery
 from .events import EventHandler
 from .health.manager import CheckKind, HealthCheckFn, HealthManager
@@ -32,10 +33,13 @@ from .health.shutdown import DrainOnSignal
 from .observability.dashboard import dashboard_page
 from .observability.metrics import AuthorizationMetrics, InboundMetrics, MeshCollector, build_registry
 from .observability.multiprocess import MultiprocessWriter, multiprocess_dir
+from .options import AuthTypes, EventHook, HeaderTypes, QueryParamTypes
 from .resilience.bulkhead import Bulkhead
 from .resilience.fallback import MISSING
 from .resilience.policy import RoutePolicy
 from .security import identity
+from .security.authorization import Authorization
+from .security.authorization import logger as security_logger
 from .settings import MeshSettings
 
 __all__ = ["Mesh", "get_mesh"]
@@ -45,14 +49,9 @@ logger = logging.getLogger("fastapi_mesh.observability")
 F = TypeVar("F", bound=Callable[..., Any])
 H = TypeVar("H", bound=EventHandler)
 C = TypeVar("C", bound=HealthCheckFn)
-AppT = TypeVar("AppT")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
-#: Attribute of ``app.state`` that holds the running Mesh.
-STATE_KEY = "fastapi_mesh"
-#: Meshes whose lifespan is running in this process (for apps mounted under the one that runs it).
-_RUNNING: list[Mesh] = []
 
 
 class Mesh:
@@ -103,7 +102,7 @@ class Mesh:
         )
         self._served = self.registry if shared_dir is None else _multiprocess_registry(shared_dir)
         #: Callers refused by an allow list: counted (``mesh_authorization_denied_total``) and logged.
-        self.authorization = identity.Authorization(AuthorizationMetrics(self.registry))
+        self.authorization = Authorization(AuthorizationMetrics(self.registry))
         self.router = self._build_router()
         self.inbound.own_paths = frozenset(str(getattr(r, "path", "")) for r in self.router.routes)
 
@@ -118,16 +117,14 @@ class Mesh:
         """``FastAPI(lifespan=mesh.lifespan)``. Starts the client (discovery, pool, health checks) and
         puts this Mesh on ``app.state``; on shutdown readiness turns 503 first, then everything stops.
         Adds no middleware (Starlette refuses middleware once the app has started)."""
-        state = getattr(app, "state", None)
-        if state is not None:
-            setattr(state, STATE_KEY, self)
+        running.attach(self, app)
         await self.client.initialize()
-        _RUNNING.append(self)
+        running.started(self)
         self._adopt_routes(app)
         if self.multiprocess is not None:
             self.multiprocess.start()
         if self.settings.mtls.allow and not identity.enforced_by_server():
-            identity.logger.warning(
+            security_logger.warning(
                 "mtls.allow is set but this server does not enforce it (run the app with `fastapi-mesh serve`); "
                 "routes with @mesh.policy(allow=...) or require_identity(...) still check their own lists"
             )
@@ -138,7 +135,7 @@ class Mesh:
             yield
         finally:
             drain.uninstall()
-            _RUNNING.remove(self)
+            running.stopped(self)
             self.health.drain()
             await self.client.aclose()  # health loops, then discovery (deregistration), then connections
             if self.multiprocess is not None:
@@ -281,7 +278,7 @@ class Mesh:
         """Subscribe to a mesh event, or, without ``handler``, decorate the handler; see ``MeshClient.on``.
 
         >>> mesh = Mesh(MeshSettings())
-        >>> @mesh.on("request-failure")
+        >>> @mesh.on("request:failure")
         ... def failed(event) -> None: ...
         """
         if handler is None:
@@ -393,19 +390,12 @@ async def get_mesh(request: HTTPConnection) -> MeshClient:
     deadline header and trace headers (so ip-hash, affinity, deadlines and trace context work without the
     middleware). Works in HTTP and WebSocket routes, and in an app mounted under the one whose lifespan
     runs the Mesh (when that is the process's only running Mesh)."""
-    mesh: Mesh | None = getattr(request.app.state, STATE_KEY, None)
-    if mesh is None and len(_RUNNING) == 1:
-        mesh = _RUNNING[0]  # a mounted sub-app: its own state does not have the parent's Mesh
+    mesh = running.running_mesh(request.app)
     if mesh is None:
+        count = running.running_count()
         raise RuntimeError(
             "no running Mesh for this app: create it with FastAPI(lifespan=mesh.lifespan) "
             "(or run mesh.lifespan inside your own lifespan)"
-            + (f"; {len(_RUNNING)} Meshes run in this process, so a mounted app cannot tell which" if _RUNNING else "")
+            + (f"; {count} Meshes run in this process, so a mounted app cannot tell which" if count else "")
         )
-    inbound = current_inbound()
-    if inbound is None:
-        client = request.scope.get("client")
-        inbound = InboundContext.from_headers(
-            client[0] if client else None, request.scope.get("headers", ()), mesh.clock.now()
-        )
-    return mesh.client._bind(inbound)
+    return mesh.client._bind(inbound_for(request.scope, mesh.clock.now()))

@@ -20,15 +20,17 @@ import ssl
 
 import httpx
 
-from .balancing.transport import BalancerTransport
 from .clock import Clock
 from .connection import ClientTLS, build_transport
 from .events import EventBus
-from .resilience.attempt import AttemptTransport
-from .resilience.breaker import CircuitBreakerTransport
-from .resilience.bulkhead import BulkheadTransport
-from .resilience.deadline import DeadlineTransport
-from .resilience.retry import RetryTransport
+from .layers import (
+    AttemptTransport,
+    BalancerTransport,
+    BulkheadTransport,
+    CircuitBreakerTransport,
+    DeadlineTransport,
+    RetryTransport,
+)
 from .security.files import client_tls_context
 from .settings import MeshSettings
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fastapi_mesh import MeshClient, MeshSettings, NoHealthyEndpoints, UpstreamUnavailable
-from fastapi_mesh.registry import URL_CACHE_SIZE
+from fastapi_mesh.services import URL_CACHE_SIZE
 
 pytestmark = pytest.mark.anyio
 
@@ -196,7 +196,7 @@ async def test_parsed_urls_are_reused_per_path_and_bounded() -> None:
         for path in ("/a?x=1", "/a?x=2", "/a", "/a?x=1"):
             await client.get("svc", path)
         assert [str(r.url) for r in seen] == [f"http://10.0.0.1:8080{p}" for p in ("/a?x=1", "/a?x=2", "/a", "/a?x=1")]
-        state = client._rt.registry.get("svc")
+        state = client._rt.services.get("svc")
         assert state.url("/a") is state.url("/a")
         assert state.url("b?x=1") == httpx.URL("http://svc/b?x=1")
         for i in range(URL_CACHE_SIZE + 10):

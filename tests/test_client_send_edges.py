@@ -1,4 +1,4 @@
-"""Edges of the direct send path: streams and redirects giving their slots back, fallbacks, the registry
+"""Edges of the direct send path: streams and redirects giving their slots back, fallbacks, the service table
 keeping a service in use, restarts, and no-op auth/redirect arguments staying on the fast path."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh import client as client_module
-from fastapi_mesh import registry as registry_module
+from fastapi_mesh import services as services_module
 from fastapi_mesh.health.manager import HealthManager
 from fastapi_mesh.settings import HealthCheckConfig
 
@@ -97,14 +97,14 @@ async def test_a_compressed_fallback_response_answers_every_time() -> None:
 
 async def test_an_unknown_service_in_use_is_not_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unknown names are forgotten least recently called first: one called all along keeps its state."""
-    monkeypatch.setattr(registry_module, "MAX_UNKNOWN_SERVICES", 4)
+    monkeypatch.setattr(services_module, "MAX_UNKNOWN_SERVICES", 4)
     async with MeshClient(settings(), transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client:
         client.circuit_breaker("pending").force_open()
         for i in range(10):
             client.circuit_breaker("pending")  # in use
             client.circuit_breaker(f"typo-{i}")
         state = client.circuit_breaker("pending").state
-        kept = set(client._rt.registry.services)
+        kept = set(client._rt.services.states)
     assert state == "forced-open"
     assert "typo-0" not in kept and len(kept) <= 1 + 4
 
@@ -134,6 +134,6 @@ async def test_no_op_auth_and_redirect_arguments_stay_on_the_fast_path(
     def refuse(*args: Any, **kw: Any) -> Any:
         raise AssertionError("took the slow path")
 
-    monkeypatch.setattr(client_module, "_send_with_client", refuse)
+    monkeypatch.setattr(client_module, "send_with_client", refuse)
     async with MeshClient(settings(), transport=httpx.MockTransport(lambda r: httpx.Response(204))) as client:
         assert (await client.get("svc", "/x", **kwargs)).status_code == 204

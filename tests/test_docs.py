@@ -174,7 +174,7 @@ def test_metric_table_matches_exposed_metrics() -> None:
         backend.queue("users", ["http://10.0.0.1:8080"])
         async with synced.client:
             async with asyncio.timeout(5):
-                while not synced.client._rt.registry.get("users").synced:
+                while not synced.client._rt.services.get("users").synced:
                     await asyncio.sleep(0.001)
 
     asyncio.run(one_sync())

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, WebSocket
 from fastapi_mesh import Mesh, MeshClient, MeshSettings, get_mesh
 from fastapi_mesh.discovery import Endpoint, StaticDiscovery
 from fastapi_mesh.health.manager import HealthManager
-from fastapi_mesh.registry import MAX_UNKNOWN_SERVICES
+from fastapi_mesh.services import MAX_UNKNOWN_SERVICES
 from fastapi_mesh.settings import HealthCheckConfig
 from tests import apps
 
@@ -177,7 +177,7 @@ async def test_unknown_service_names_stay_out_of_metrics_and_are_bounded() -> No
     assert "made-up-" not in metrics
     assert 'service="users"' in metrics
     assert set(status["requests"]) == {"users"}
-    assert len(mesh.client._rt.registry.services) <= 1 + MAX_UNKNOWN_SERVICES
+    assert len(mesh.client._rt.services.states) <= 1 + MAX_UNKNOWN_SERVICES
 
 
 async def test_combined_lifespan_drains_before_the_apps_own_shutdown() -> None:

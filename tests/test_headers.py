@@ -6,7 +6,7 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapi_mesh._headers import set_header
+from fastapi_mesh._httpx_compat import set_header
 
 names = st.sampled_from(["host", "x-mesh-timeout-ms", "accept", "x-other"])
 

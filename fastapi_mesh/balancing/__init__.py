@@ -1,19 +1,19 @@
-"""Load balancing: the endpoint set of each service and the strategy that picks one per attempt."""
+"""Load balancing: the endpoint set of each service and the strategy that picks one per attempt (its layer
+is ``layers.balancer``)."""
 
-from .balancer import Balancer, EndpointState
+from .balancer import Balancer
+from .endpoint import EndpointState
 from .hashing import Ring, key_hash
 from .routing import Router, affinity_cookie_names
-from .strategies import PoolStrategy, Strategy, build_strategy
-from .transport import BalancerTransport
+from .strategies import CustomStrategy, PoolStrategy, build_strategy
 
 __all__ = [
     "Balancer",
-    "BalancerTransport",
+    "CustomStrategy",
     "EndpointState",
     "PoolStrategy",
     "Ring",
     "Router",
-    "Strategy",
     "affinity_cookie_names",
     "build_strategy",
     "key_hash",

@@ -2,20 +2,24 @@
 
 A pick, in order:
 
-1. **Subset** (``routing``): the first rule matching the outbound request's headers names a subset, else the
-   weighted split does (by the affinity key's hash when the call has one, so a key stays on one subset).
-   The choice is kept on the call (``CallContext.group``): a retry or hedge stays where the first attempt
-   went, a subset or all endpoints. A subset without endpoints falls back to all of them.
+1. **Subset** (``routing``, ``route``): the first rule matching the outbound request's headers names a subset,
+   else the weighted split does (by the affinity key's hash when the call has one, so a key stays on one
+   subset). The caller keeps the ``Group`` chosen for the call's first attempt and passes it back: a retry or
+   hedge stays where the first attempt went, a subset or all endpoints. A subset without endpoints falls
+   back to all of them.
 2. **Zone**: with ``zone_aware`` and the mesh's ``zone`` set, the endpoints of the local zone are preferred
    while at least ``zone_min_healthy_percent`` of them are available (healthy and not ejected); when none
    of them can take the call (full, or all tried) it goes to any zone.
 3. **Panic**: when fewer than ``panic_threshold`` percent of the pool pass their active health checks
    (``EndpointState.healthy``), unhealthy endpoints are picked too. Outlier ejections never count.
-4. **Endpoint**: with an affinity key (``ip-hash``, or ``session_affinity``), consistent hashing with bounded
-   load; otherwise the strategy. Either way an endpoint is skipped while it is unhealthy (outside panic),
+4. **Endpoint** (``pick``): with an affinity key (``ip-hash``, or ``session_affinity``), consistent hashing
+   with bounded load; otherwise the strategy. Either way an endpoint is skipped while it is unhealthy (outside panic),
    at ``max_connections_per_instance``, ejected, or already tried in this call -- the last two only while
    another is available. Every endpoint full: ``BulkheadFull`` at once (each pool counts its full
    endpoints, so this costs O(1)).
+
+The inputs are plain: the call's affinity key (where it comes from is ``affinity``: the caller reads it from
+the call), the endpoints already tried in the call, and the group; the balancer knows nothing of the call.
 
 Discovery updates are incremental: membership is compared by URL and content (a reordered identical set is
 no change), only the pools whose members changed are rebuilt, and their hash rings keep the points of the
@@ -24,157 +28,33 @@ endpoints that stay (see ``hashing``).
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
 from collections.abc import Mapping, Sequence
 
 from ..clock import Clock, MonotonicClock
-from ..context import CallContext
 from ..discovery.base import Endpoint
 from ..errors import BulkheadFull, NoHealthyEndpoints
 from ..resilience.outlier import OutlierDetector
 from ..settings import LoadBalancerConfig, RoutingConfig
+from .endpoint import EndpointState
 from .hashing import Ring, key_hash
-from .routing import Router, parse_affinity_key
-from .strategies import MAX_TRIES, PoolStrategy, Strategy, build_strategy
+from .routing import AffinityKey, Router
+from .strategies import MAX_TRIES, CustomStrategy, PoolStrategy, build_strategy
 
-__all__ = ["DEFAULT_RTT", "EWMA_ALPHA", "SLOW_START_MIN_WEIGHT", "Balancer", "EndpointState"]
+__all__ = ["Balancer", "Group"]
 
-#: Weight of the newest latency sample in an endpoint's moving average (``least-response-time``).
-EWMA_ALPHA = 0.3
-#: ``p2c-ewma``: the latency estimate of an endpoint that has not answered yet (Linkerd's default).
-DEFAULT_RTT = 0.030
-#: A failed attempt counts as this many times the endpoint's latency average (at least ``DEFAULT_RTT``):
-#: an endpoint that refuses connections or answers 503 at once must look slow, never fast.
-FAILURE_PENALTY = 4.0
-#: Slow start: the share of its weight a new endpoint gets at first (Envoy's ``min_weight_percent``).
-SLOW_START_MIN_WEIGHT = 0.1
 #: Consistent hashing: ring points the fast path looks at before the slow path (the rest of the ring, each
 #: endpoint asked about once, the load bound still applied).
 MAX_HASH_WALK = 4 * MAX_TRIES
 
 _INF = math.inf
-_NO_TRIED: list[EndpointState] = []
+_NO_TRIED: Sequence[EndpointState] = ()
 #: Eligibility levels a pick may relax to, by (any endpoint tried in this call, any endpoint ejected):
 #: 0 strict; 1 endpoints tried in this call allowed; 2 ejected endpoints too (at least one always stays).
 _STRICT: tuple[int, ...] = (0,)
 _LEVELS: tuple[tuple[tuple[int, ...], ...], ...] = ((_STRICT, (0, 2)), ((0, 1), (0, 1, 2)))
 _SPLIT_SCALE = 2.0**-32  # the low 32 bits of a key hash, as a fraction: the ring uses the high 32
-
-
-class EndpointState:
-    """One endpoint with what the mesh has seen of it: calls in flight, latency, failures, health."""
-
-    __slots__ = (
-        "_healthy",
-        "consecutive_failures",
-        "endpoint",
-        "ewma",
-        "failures",
-        "in_flight",
-        "peak",
-        "peak_at",
-        "pools",
-        "requests",
-        "warm_start",
-        "warm_until",
-        "weight",
-    )
-
-    def __init__(self, endpoint: Endpoint, now: float = 0.0) -> None:
-        self.endpoint = endpoint
-        self.weight = endpoint.weight
-        self.in_flight = 0
-        self.requests = 0
-        self.failures = 0
-        self.consecutive_failures = 0
-        self.ewma = 0.0
-        self.peak = DEFAULT_RTT
-        self.peak_at = now
-        self._healthy = True
-        self.warm_start = 0.0
-        self.warm_until = 0.0  # > now while in slow start
-        #: The balancer's pools this endpoint is in (they count its health and calls in flight).
-        self.pools: tuple[_Pool, ...] = ()
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url
-
-    @property
-    def healthy(self) -> bool:
-        """Whether the endpoint passes its active health checks (set by whoever runs them)."""
-        return self._healthy
-
-    @healthy.setter
-    def healthy(self, value: bool) -> None:
-        value = bool(value)
-        if value != self._healthy:
-            self._healthy = value
-            delta = 1 if value else -1
-            for pool in self.pools:
-                pool.healthy += delta
-
-    def warmth(self, now: float) -> float:
-        """The share of its weight the endpoint gets at ``now``: during slow start it grows linearly from
-        ``SLOW_START_MIN_WEIGHT`` to 1 over the window; 1 otherwise."""
-        until = self.warm_until
-        if until <= now:
-            return 1.0
-        start = self.warm_start
-        return max(SLOW_START_MIN_WEIGHT, (now - start) / (until - start))
-
-    def record(self, ok: bool, latency: float) -> float:
-        """Note one finished attempt (``ok`` is False for a 5xx or a transport failure); returns the
-        latency it counted.
-
-        A failure makes the endpoint look slower: it counts as ``FAILURE_PENALTY`` times the larger of its
-        own latency and the current average (``DEFAULT_RTT`` for a first sample), so an endpoint that
-        refuses connections or answers 503 at once soon looks slower than its healthy peers and the
-        latency-aware strategies send it little traffic."""
-        self.requests += 1
-        if ok:
-            self.consecutive_failures = 0
-        else:
-            self.failures += 1
-            self.consecutive_failures += 1
-            floor = self.ewma if self.requests > 1 else DEFAULT_RTT
-            latency = FAILURE_PENALTY * max(latency, floor, DEFAULT_RTT)
-        self.ewma = latency if self.requests == 1 else self.ewma + EWMA_ALPHA * (latency - self.ewma)
-        return latency
-
-    def observe_peak(self, ok: bool, latency: float, now: float, decay: float) -> None:
-        """Peak-EWMA: a slower sample replaces the estimate; a faster one pulls it down with time constant
-        ``decay`` (the estimate as read has decayed towards zero since the last sample at the same pace).
-        A failure never lowers it: a fast error must not make an endpoint look good. The first successful
-        sample replaces the ``DEFAULT_RTT`` placeholder."""
-        if ok and self.requests == 1:
-            self.peak = latency
-            self.peak_at = now
-            return
-        age = now - self.peak_at
-        keep = math.exp(-age / decay) if age > 0 else 1.0
-        estimate = self.peak * keep + latency * (1.0 - keep)
-        if latency > estimate:
-            estimate = latency
-        if not ok and estimate < self.peak:
-            estimate = self.peak
-        self.peak = estimate
-        self.peak_at = now
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "url": self.endpoint.url,
-            "weight": self.endpoint.weight,
-            "zone": self.endpoint.zone,
-            "healthy": self._healthy,
-            "in_flight": self.in_flight,
-            "requests": self.requests,
-            "failures": self.failures,
-            "consecutive_failures": self.consecutive_failures,
-            "ewma_ms": round(self.ewma * 1000, 3),
-        }
 
 
 class _Pool:
@@ -194,9 +74,10 @@ class _Pool:
         self.full = sum(1 for s in members if s.in_flight >= limit)
 
 
-class _Group:
+class Group:
     """One subset (``name``; None: all endpoints): its pool, and its pool of the local zone when that is a
-    proper part. ``stale`` once a discovery update replaced it (a call's retries then look it up again)."""
+    proper part. ``stale`` once a discovery update replaced it (a call's retries then look it up again).
+    Opaque outside the balancer: ``route`` gives one, ``pick`` takes it back."""
 
     __slots__ = ("all", "local", "name", "stale")
 
@@ -214,6 +95,10 @@ class Balancer:
     slow start and peak-EWMA decay (default ``MonotonicClock``); ``zone`` is the caller's zone
     (``MeshSettings.zone``); ``routing`` is the service's traffic split. The outlier detector never ejects
     the last endpoint; in-flight counts go through ``acquire`` and ``release``.
+
+    Per attempt: ``keyed`` says whether a pick uses an affinity key (``affinity`` says where the call's comes
+    from when the call gives none); ``routed`` whether the service has routing, and then ``route`` chooses
+    the call's ``Group`` (or keeps the one it is given); ``pick(key, tried, group)`` returns the endpoint.
     """
 
     __slots__ = (
@@ -225,8 +110,6 @@ class Balancer:
         "_decay",
         "_groups",
         "_hashing",
-        "_key_kind",
-        "_key_name",
         "_level",
         "_limit",
         "_marked",
@@ -241,14 +124,16 @@ class Balancer:
         "_router",
         "_track",
         "_tried",
-        "_trusted",
         "_warming_until",
         "_window",
         "_zone",
         "_zone_pct",
+        "affinity",
         "config",
         "endpoints",
+        "keyed",
         "outlier",
+        "routed",
         "routing",
         "service",
         "zone",
@@ -280,23 +165,27 @@ class Balancer:
         self._decay = config.peak_ewma_decay
         self._hashing = config.strategy == "ip-hash" or config.session_affinity
         self._c = config.hash_balance_factor
-        self._key_kind, self._key_name = parse_affinity_key(config.affinity_key)
-        self._trusted = tuple(ipaddress.ip_network(n) for n in config.trusted_proxies)
+        #: Where a call's affinity key comes from when the call gives none (``load_balancer.affinity_key``).
+        self.affinity = AffinityKey(config)
         self._router = Router(routing) if routing is not None and (routing.split or routing.rules) else None
+        #: Whether the service has routing: then ``route`` chooses each call's group.
+        self.routed = self._router is not None
         self._needs_clock = config.strategy == "p2c-ewma"
         self._track = config.strategy == "least-connections" or (self._hashing and self._c is not None)
         self.endpoints: list[EndpointState] = []
         self._by_url: dict[str, EndpointState] = {}
         self._root = self._group(None, [], None, set(), {})
-        self._groups: dict[str, _Group] = {}
-        self._custom: Strategy | None = None
+        self._groups: dict[str, Group] = {}
+        self._custom: CustomStrategy | None = None
+        #: Whether picks use the call's affinity key (hashing, or a custom strategy, which is handed it).
+        self.keyed = self._hashing
         self._populated = False
         self._warming_until = 0.0
         self._marked: list[EndpointState] = []  # endpoints seen ejected, for the zone's availability
         #: Per pool: (what the count depends on, ejected members, when the first of those ejections ends).
         self._marked_counts: dict[_Pool, tuple[tuple[int, int, int], int, float]] = {}
         # Per-pick scratch, read by ``_eligible``. A pick never awaits, so no other pick can interleave.
-        self._tried: list[EndpointState] = _NO_TRIED
+        self._tried: Sequence[EndpointState] = _NO_TRIED
         self._panic = False
         self._level = 0
         self._check_ejected = False
@@ -350,7 +239,7 @@ class Balancer:
         memberships: dict[EndpointState, list[_Pool]] = {s: [] for s in members}
         old_root, old_groups = self._root, self._groups
         root = self._group(None, members, old_root, dirty, memberships)
-        groups: dict[str, _Group] = {}
+        groups: dict[str, Group] = {}
         router = self._router
         if router is not None:
             key = router.subset_key
@@ -373,10 +262,10 @@ class Balancer:
         self,
         name: str | None,
         members: list[EndpointState],
-        old: _Group | None,
+        old: Group | None,
         dirty: set[EndpointState],
         memberships: dict[EndpointState, list[_Pool]],
-    ) -> _Group:
+    ) -> Group:
         all_pool = self._pool(members, old.all if old is not None else None, dirty, memberships)
         local_pool = None
         if self._zone is not None:
@@ -385,7 +274,7 @@ class Balancer:
                 local_pool = self._pool(local, old.local if old is not None else None, dirty, memberships)
         if old is not None and old.all is all_pool and old.local is local_pool:
             return old
-        return _Group(name, all_pool, local_pool)
+        return Group(name, all_pool, local_pool)
 
     def _pool(
         self,
@@ -414,30 +303,53 @@ class Balancer:
         return pool
 
     @property
-    def strategy(self) -> PoolStrategy | Strategy:
-        """The strategy: the built-in one of the whole pool, or a custom ``Strategy`` set here. A custom one
+    def strategy(self) -> PoolStrategy | CustomStrategy:
+        """The strategy: the built-in one of the whole pool, or a ``CustomStrategy`` set here. A custom one
         is asked ``choose(candidates, key)`` with the eligible endpoints of the pool a pick has chosen."""
         return self._custom if self._custom is not None else self._root.all.strategy
 
     @strategy.setter
-    def strategy(self, strategy: Strategy) -> None:
+    def strategy(self, strategy: CustomStrategy) -> None:
         self._custom = strategy
+        self.keyed = True
 
     # ------------------------------------------------------------------------------------------ picks
 
-    def pick(self, ctx: CallContext, headers: Mapping[str, str] | None = None) -> EndpointState:
-        """The endpoint for the next attempt of ``ctx``; ``headers`` are the outbound request's (for routing
-        rules). Raises ``NoHealthyEndpoints`` or ``BulkheadFull``."""
-        key: str | None = None
-        h: int | None = None
-        if self._hashing or self._custom is not None:
-            key = self._affinity_key(ctx)  # first: reading a cookie key is what has MeshMiddleware set it
-            if key is not None and self._hashing:
-                h = key_hash(key)
+    def route(self, group: Group | None, key: str | None, headers: Mapping[str, str] | None) -> Group | None:
+        """The group of a call's next attempt (with routing; see ``routed``): ``group``, the one its first
+        attempt went to, while discovery has not replaced it; else the routing's choice now for the call's
+        affinity ``key`` and the outbound request's ``headers``. With no endpoints, ``group`` as it is."""
+        if group is not None and not group.stale:
+            return group
+        if not self.endpoints:
+            return group
+        if group is not None:  # the endpoints changed since the first attempt: that subset as it is now
+            name = group.name
+        else:
+            router = self._router
+            if router is None:
+                return None
+            name = router.rule_subset(headers)
+            if name is None and router.has_split:
+                if key is not None and self._hashing:
+                    u = (key_hash(key) & 0xFFFFFFFF) * _SPLIT_SCALE
+                else:
+                    u = self._rng.random()
+                name = router.split_subset(u)
+        return self._root if name is None else self._groups.get(name, self._root)
+
+    def pick(
+        self, key: str | None = None, tried: Sequence[EndpointState] = _NO_TRIED, group: Group | None = None
+    ) -> EndpointState:
+        """The endpoint for an attempt: ``key`` is the call's affinity key (or None), ``tried`` the endpoints
+        the call has tried, ``group`` what ``route`` chose for it (None: all endpoints). Raises
+        ``NoHealthyEndpoints`` or ``BulkheadFull``."""
+        h = key_hash(key) if key is not None and self._hashing else None
         if not self.endpoints:
             raise NoHealthyEndpoints(self.service, "no endpoints discovered (is the service name right?)")
-        group = self._root if self._router is None else self._route(ctx, headers, h)
-        tried = self._tried = ctx.tried
+        if group is None:
+            group = self._root
+        self._tried = tried
         check_ejected = self._check_ejected = self.outlier.any_ejected
         now = self._now()
         local = group.local
@@ -518,38 +430,6 @@ class Balancer:
         if self._panic or pool.healthy:
             return BulkheadFull(self.service, f"every endpoint is at max_connections_per_instance ({self._limit})")
         return NoHealthyEndpoints(self.service, f"all {pool.size} endpoints are unhealthy")
-
-    def _affinity_key(self, ctx: CallContext) -> str | None:
-        if ctx.affinity_key is not None:
-            return ctx.affinity_key
-        inbound = ctx.inbound
-        if inbound is None:
-            return None
-        kind = self._key_kind
-        if kind == "client-ip":
-            return inbound.client_address(self._trusted)
-        if kind == "header":
-            return inbound.header(self._key_name)
-        return inbound.cookie(self._key_name)
-
-    def _route(self, ctx: CallContext, headers: Mapping[str, str] | None, h: int | None) -> _Group:
-        """The group of the call's first attempt (kept on ``ctx``), else the routing's choice for it now."""
-        group = ctx.group
-        if isinstance(group, _Group):
-            if not group.stale:
-                return group
-            # The endpoints changed since the first attempt: that subset as it is now.
-            name = group.name
-        else:
-            router = self._router
-            assert router is not None
-            name = router.rule_subset(headers)
-            if name is None and router.has_split:
-                u = (h & 0xFFFFFFFF) * _SPLIT_SCALE if h is not None else self._rng.random()
-                name = router.split_subset(u)
-        group = self._root if name is None else self._groups.get(name, self._root)
-        ctx.group = group
-        return group
 
     def _local_available(self, pool: _Pool) -> bool:
         available = pool.healthy

@@ -21,7 +21,7 @@ unequal weights too; only such a rescale moves keys wholesale.
 are kept; only the points that come or go are hashed and merged in, the rest copied over as slices.
 
 >>> from fastapi_mesh.discovery.base import Endpoint
->>> from fastapi_mesh.balancing.balancer import EndpointState
+>>> from fastapi_mesh.balancing.endpoint import EndpointState
 >>> states = [EndpointState(Endpoint(f"http://10.0.0.{i}:80")) for i in range(1, 4)]
 >>> ring = Ring(states, [1.0, 1.0, 1.0])
 >>> len(ring.points), ring.lookup(key_hash("10.1.2.3")) is ring.lookup(key_hash("10.1.2.3"))
@@ -36,10 +36,8 @@ import hashlib
 import struct
 from array import array
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .balancer import EndpointState
+from .endpoint import EndpointState
 
 __all__ = ["RING_MAX_POINTS", "RING_POINTS_PER_ENDPOINT", "Ring", "key_hash", "points_per_endpoint"]
 

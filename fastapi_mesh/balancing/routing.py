@@ -9,17 +9,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Literal
 
 import httpx
 from starlette.datastructures import Headers as StarletteHeaders
 
-from ..settings import DEFAULT_SUBSET_KEY, MeshSettings, RoutingConfig
+from ..settings import DEFAULT_SUBSET_KEY, LoadBalancerConfig, MeshSettings, RoutingConfig
 
-__all__ = ["AffinitySource", "Router", "affinity_cookie_names", "parse_affinity_key"]
+__all__ = ["AffinityKey", "AffinitySource", "IPNetwork", "Router", "affinity_cookie_names", "parse_affinity_key"]
 
 AffinitySource = Literal["client-ip", "header", "cookie"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Header mappings whose ``get`` ignores case; any other mapping is lower-cased before rules look at it.
 _CASELESS = (httpx.Headers, StarletteHeaders)
@@ -73,6 +75,23 @@ class Router:
             if point < bound:
                 return name
         return self._cumulative[-1][1] if self._cumulative else None
+
+
+class AffinityKey:
+    """Where a call's affinity key comes from when the call gives no ``affinity_key=``, from
+    ``load_balancer.affinity_key`` and ``trusted_proxies``: ``kind`` (``client-ip``, ``header`` or
+    ``cookie``), the header or cookie ``name``, and the proxies whose ``X-Forwarded-For`` is believed.
+
+    >>> source = AffinityKey(LoadBalancerConfig(affinity_key="header:X-User"))
+    >>> source.kind, source.name
+    ('header', 'x-user')
+    """
+
+    __slots__ = ("kind", "name", "trusted")
+
+    def __init__(self, config: LoadBalancerConfig) -> None:
+        self.kind, self.name = parse_affinity_key(config.affinity_key)
+        self.trusted: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in config.trusted_proxies)
 
 
 def parse_affinity_key(value: str) -> tuple[AffinitySource, str]:

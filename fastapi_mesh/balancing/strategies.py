@@ -1,6 +1,6 @@
 """Load-balancing strategies.
 
-``Strategy`` is the extension point: any object with ``choose(candidates, key)`` may be set as a
+``CustomStrategy`` is the extension point: any object with ``choose(candidates, key)`` may be set as a
 balancer's ``strategy``; it is then handed the eligible endpoints on each pick (O(n)).
 
 The built-in strategies are ``PoolStrategy`` objects, one per pool of endpoints (a service's endpoints, or
@@ -32,12 +32,12 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .balancer import EndpointState
+from .endpoint import EndpointState, Moved
 
 __all__ = [
+    "CustomStrategy",
     "IpHash",
     "LeastConnections",
     "LeastResponseTime",
@@ -45,7 +45,6 @@ __all__ = [
     "PoolStrategy",
     "RandomChoice",
     "RoundRobin",
-    "Strategy",
     "Weighted",
     "build_strategy",
 ]
@@ -60,10 +59,9 @@ _INDEX_BITS = 24
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
 
 Eligible = Callable[["EndpointState"], bool]
-Moved = Callable[["EndpointState", int, int], None]
 
 
-class Strategy(Protocol):
+class CustomStrategy(Protocol):
     """A custom strategy, set as ``balancer.strategy``: picks one of ``candidates`` (never empty; ejected,
     full and -- on a retry -- already tried endpoints are left out while another is available). ``key`` is
     the call's affinity key (``affinity_key=``, else the inbound caller's address), or None."""

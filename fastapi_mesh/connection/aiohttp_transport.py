@@ -31,7 +31,7 @@ import httpx
 from yarl import URL
 
 if TYPE_CHECKING:
-    from . import ProxyChooser
+    from .proxy import ProxyChooser
     from .tls import ClientTLS, ExpectedIdentities
 
 __all__ = ["AiohttpTransport", "translate_error"]

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .._httpx_compat import all_connections_idle
+
 if TYPE_CHECKING:
-    from . import ProxyChooser
+    from .proxy import ProxyChooser
     from .tls import ClientTLS
 
 __all__ = ["PerOriginTransport"]
@@ -138,11 +140,11 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
         if now < self._next_sweep:
             return
         self._next_sweep = now + self._sweep_interval
-        for retired in [t for t in self._retired if _all_idle(t)]:
+        for retired in [t for t in self._retired if all_connections_idle(t)]:
             self._retired.remove(retired)
             await retired.aclose()
         for key, origin in list(self._origins.items()):
-            if origin.uses == origin.seen and _all_idle(origin.transport):
+            if origin.uses == origin.seen and all_connections_idle(origin.transport):
                 del self._origins[key]
                 await origin.transport.aclose()
             else:
@@ -154,12 +156,3 @@ class PerOriginTransport(httpx.AsyncBaseTransport):
         retired, self._retired = self._retired, []
         for transport in [*(origin.transport for origin in origins.values()), *retired]:
             await transport.aclose()
-
-
-def _all_idle(transport: httpx.AsyncHTTPTransport) -> bool:
-    """Whether no connection of ``transport`` carries a request (none at all counts as idle)."""
-    pool: Any = getattr(transport, "_pool", None)
-    connections = getattr(pool, "connections", None)
-    if connections is None:  # pragma: no cover - a future httpx without the pool attribute: keep it
-        return False
-    return all(connection.is_idle() for connection in connections)

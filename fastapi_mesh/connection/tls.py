@@ -367,19 +367,12 @@ class ClientTLS:
             self._check(now)
         return self._context
 
-    def reload(self) -> bool:
-        """Look at the files now and load them if they changed (without waiting for them to settle); True
-        when a new context is in use."""
-        before = self._context
-        self._check(self._clock(), settle=False)
-        return self._context is not before
-
-    def _check(self, now: float, *, settle: bool = True) -> None:
+    def _check(self, now: float) -> None:
         """Load the files once they changed and then stayed the same for one look; a set that does not load
         keeps the current context and logs one error, until the files change again."""
         self._next_check = now + self._interval
         files = self._files
-        signature = files.settled(settle=settle)
+        signature = files.settled()
         if signature is None or signature == self._failed:
             return
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..settings import MeshSettings
-from .base import Discovery, Endpoint, Publish
+from .base import Discovery, DiscoveryConfigError, Endpoint, Publish
 from .static import StaticDiscovery
 from .sync import Answer, BackgroundDiscovery, MalformedAnswer, SyncStatus
 
@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 KUBERNETES_EXTRA_HINT = "pip install 'fastapi-mesh[kubernetes]'"
-
-
-class DiscoveryConfigError(ValueError):
-    """The discovery settings name something that cannot be built (a missing extra, a bad class path)."""
 
 
 def build_discovery(

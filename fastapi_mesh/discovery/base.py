@@ -9,9 +9,13 @@ import httpx
 
 from ..settings import EndpointConfig, check_endpoint_url
 
-__all__ = ["Discovery", "Endpoint", "Publish", "url_host"]
+__all__ = ["Discovery", "DiscoveryConfigError", "Endpoint", "Publish", "url_host"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class DiscoveryConfigError(ValueError):
+    """The discovery settings name something that cannot be built (a missing extra, a bad class path)."""
 
 
 #: The largest endpoint weight (as ``EndpointConfig.weight`` allows).

@@ -34,7 +34,7 @@ from kubernetes_asyncio import config as k8s_config
 
 from ..clock import Clock
 from ..settings import DNS_LABEL, DiscoveryConfig
-from .base import Endpoint
+from .base import DiscoveryConfigError, Endpoint
 from .sync import MAX_WATCHED_SERVICES, BackgroundDiscovery, MalformedAnswer
 
 __all__ = ["KubernetesAPIError", "KubernetesDiscovery"]
@@ -161,8 +161,6 @@ class KubernetesDiscovery(BackgroundDiscovery):
             await client.close()
 
     async def _configuration(self) -> k8s_client.Configuration:
-        from . import DiscoveryConfigError
-
         configuration_type: Any = k8s_client.Configuration
         configuration: Any = configuration_type()
         kubeconfig = self.config.kubeconfig

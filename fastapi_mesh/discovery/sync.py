@@ -93,7 +93,7 @@ class BackgroundDiscovery:
 
     #: The ``discovery.backend`` name (labels metrics and logs).
     backend: ClassVar[str] = "background"
-    #: Calls to a service wait (boundedly) for its first sync: see ``ServiceRegistry``.
+    #: Calls to a service wait (boundedly) for its first sync: see ``Services``.
     syncs_in_background: ClassVar[bool] = True
 
     def __init__(

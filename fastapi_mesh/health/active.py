@@ -30,7 +30,8 @@ from typing import Any
 
 import httpx
 
-from ..balancing.balancer import Balancer, EndpointState
+from ..balancing.balancer import Balancer
+from ..balancing.endpoint import EndpointState
 from ..clock import Clock, MonotonicClock
 from ..discovery.sync import short_error
 from ..settings import ActiveHealthCheckConfig

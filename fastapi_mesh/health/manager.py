@@ -55,7 +55,6 @@ class _Check:
         "last_duration",
         "last_error",
         "last_failure",
-        "last_run",
         "last_success",
         "name",
         "passed",
@@ -98,7 +97,6 @@ class _Check:
         self.consecutive_failures = 0
         self.consecutive_successes = 0
         self.last_error: str | None = None
-        self.last_run: float | None = None  # clock time
         self.last_success: float | None = None  # wall time
         self.last_failure: float | None = None  # wall time
         self.last_duration: float | None = None
@@ -203,7 +201,6 @@ class HealthManager:
         self._phase: Literal["starting", "started", "draining", "stopped"] = "starting"
         self._startup_done = False
         self._started_at: float | None = None
-        self._drain_started: float | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lag: LoopLagMonitor | None = None
         self._add_builtin_checks()
@@ -336,7 +333,6 @@ class HealthManager:
                 check.running_since = None
                 check.thread = None
         now = self._clock.now()
-        check.last_run = now
         check.last_duration = now - start
         if ok:
             check.last_success = self._wall()
@@ -360,7 +356,6 @@ class HealthManager:
         """Run every check once, mark the app started, then keep each check running on its interval."""
         self._phase = "starting"
         self._startup_done = False  # a restart proves start-up again: every startup check must pass anew
-        self._drain_started = None
         for check in self._checks.values():
             if check.kind == "startup":
                 check.ever_passed = False
@@ -393,14 +388,7 @@ class HealthManager:
     def drain(self) -> None:
         """Readiness answers 503 from now on (shutdown has begun); liveness is unaffected."""
         if self._phase != "stopped":
-            if self._phase != "draining":
-                self._drain_started = self._clock.now()
             self._phase = "draining"
-
-    @property
-    def draining_since(self) -> float | None:
-        """Clock time the drain began, or None."""
-        return self._drain_started if self._phase == "draining" else None
 
     async def stop(self) -> None:
         self.drain()

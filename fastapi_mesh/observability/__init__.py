@@ -1,6 +1,7 @@
 """Observability: Prometheus metrics fed by the mesh's events and state, and OpenTelemetry traces (``.tracing``)."""
 
-from .metrics import CallDurations, InboundMetrics, MeshCollector, build_registry
+from .durations import CallDurations
+from .metrics import InboundMetrics, MeshCollector, build_registry
 from .multiprocess import MultiprocessWriter, mark_process_dead, multiprocess_dir
 
 __all__ = [

@@ -37,8 +37,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, Trac
 from opentelemetry.util.types import AttributeValue
 from starlette.types import Scope
 
-from .._headers import set_header
+from .._httpx_compat import add_header_if_absent, set_header, url_key
 from .._streams import ReleasingStream
+from .._version import __version__
 from ..context import EXTENSION
 from ..errors import BulkheadFull, CircuitOpen
 
@@ -116,15 +117,8 @@ class _HeaderSetter(Setter[httpx.Headers]):
         if name is None:
             name = self._names[key] = key.lower().encode("latin-1")
         raw = value.encode("latin-1")
-        items = getattr(carrier, "_list", None)
-        if isinstance(items, list):  # httpx's (raw, lower, value) triples: append unless it is there already
-            for item in items:
-                if item[1] == name:
-                    break
-            else:
-                items.append((name, name, raw))
-                return
-        set_header(carrier, name, raw)
+        if not add_header_if_absent(carrier, name, raw):  # there already (forwarded): replace it
+            set_header(carrier, name, raw)
 
 
 class _AsgiGetter(Getter[Sequence[tuple[bytes, bytes]]]):
@@ -162,8 +156,6 @@ class MeshTracing:
     __slots__ = ("_starts", "provider_given", "tracer")
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
-        from .. import __version__
-
         #: Whether a provider was passed (then ``configure_from_environment`` never runs).
         self.provider_given = tracer_provider is not None
         self.tracer: Tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider=tracer_provider)
@@ -172,7 +164,7 @@ class MeshTracing:
     def client_start(self, method: str, service: str, url: httpx.URL) -> tuple[str, Mapping[str, AttributeValue]]:
         """The span name and start attributes of a request (what a sampler sees), kept per method and URL (the
         parsed reference a URL shares with the service's cached one)."""
-        key = (method, getattr(url, "_uri_reference", url))
+        key = (method, url_key(url))
         found = self._starts.get(key)
         if found is not None:
             return found
@@ -204,7 +196,7 @@ class MeshTracing:
         """
         ctx: CallContext = request.extensions[EXTENSION]
         url = request.url
-        start = self._starts.get((request.method, getattr(url, "_uri_reference", url)))
+        start = self._starts.get((request.method, url_key(url)))
         name, attributes = start if start is not None else self.client_start(request.method, ctx.service.name, url)
         inbound = ctx.inbound
         parent = _inbound_parent(inbound) if inbound is not None and inbound.forward else None

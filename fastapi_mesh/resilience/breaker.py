@@ -1,4 +1,5 @@
-"""The circuit breaker: a per-service state machine over the outcomes the caller sees, and its layer.
+"""The circuit breaker: a per-service state machine over the outcomes the caller sees (its layer is
+``layers.breaker``).
 
 ::
 
@@ -29,24 +30,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
 from ..clock import Clock
-from ..context import EXTENSION, CallContext
-from ..errors import AuthorizationDenied, BulkheadFull, CircuitOpen, NoHealthyEndpoints
 from ..events import CIRCUIT_CLOSED, CIRCUIT_HALF_OPEN, CIRCUIT_OPEN, CIRCUIT_STATE_CHANGE, EventBus
 from ..settings import CircuitBreakerConfig
 
 __all__ = [
-    "CIRCUIT_BREAKER_STATE_CHANGE",
     "BreakerState",
     "BreakerStateChange",
     "CircuitBreaker",
-    "CircuitBreakerTransport",
 ]
-
-#: Event name for every state change; the payload is a ``BreakerStateChange``.
-CIRCUIT_BREAKER_STATE_CHANGE = CIRCUIT_STATE_CHANGE
 
 BreakerState = Literal["closed", "open", "half-open", "forced-open", "disabled"]
 
@@ -96,7 +88,6 @@ class CircuitBreaker:
         "_config",
         "_epoch",
         "_events",
-        "_failure_statuses",
         "_failures",
         "_head",
         "_open_until",
@@ -124,7 +115,6 @@ class CircuitBreaker:
         self._config = config
         self._clock = clock
         self._events = events
-        self._failure_statuses = frozenset(config.failure_on_status)
         self._slow_at = math.inf if config.slow_call_duration is None else config.slow_call_duration
         #: Whether call durations matter (slow-call rule): when not, the layer does not time calls.
         self.times_calls = config.slow_call_duration is not None
@@ -238,10 +228,6 @@ class CircuitBreaker:
             self._release_probe()
 
     release = record_ignored
-
-    def is_failure_status(self, status: int) -> bool:
-        """Whether a response with ``status`` counts as a failure (``failure_on_status``, 5xx by default)."""
-        return status in self._failure_statuses
 
     def retry_after(self) -> float:
         """Seconds a rejected caller should wait: until half-open when open, else a hint (see below).
@@ -466,7 +452,7 @@ class CircuitBreaker:
         events = self._events
         if events is None:
             return
-        wanted = [n for n in (CIRCUIT_BREAKER_STATE_CHANGE, _STATE_EVENTS.get(to_state)) if n and events.wants(n)]
+        wanted = [n for n in (CIRCUIT_STATE_CHANGE, _STATE_EVENTS.get(to_state)) if n and events.wants(n)]
         if wanted:
             change = BreakerStateChange(
                 self.service, from_state, to_state, self.failure_rate if rate is None else rate, reason
@@ -476,67 +462,3 @@ class CircuitBreaker:
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.service!r} {self._state}>"
-
-
-class CircuitBreakerTransport(httpx.AsyncBaseTransport):
-    """Layer: reject at once with ``CircuitOpen`` while the service's breaker is open; otherwise pass the
-    call on and record its outcome.
-
-    Failures: a response whose status is in ``failure_on_status`` (5xx by default), or no response at all
-    (``httpx.TransportError``, which includes the ``MeshError``s ``UpstreamUnavailable`` and
-    ``DeadlineExceeded``). Any other response is a success, 4xx included. ``NoHealthyEndpoints`` (nothing to
-    send to: the balancer's concern, and the error an unknown service must keep giving), ``BulkheadFull`` and
-    ``AuthorizationDenied`` (the mesh's own limits and rules), cancellation, and any other exception record
-    nothing and give back a half-open slot.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
-        self._inner = inner
-        self._clock = clock
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        ctx: CallContext = request.extensions[EXTENSION]
-        service = ctx.service
-        breaker = service.breaker
-        clock = self._clock
-        ticket = breaker.acquire()
-        if ticket < 0:
-            retry_after = breaker.retry_after()
-            detail = _rejection_detail(breaker, retry_after)
-            raise CircuitOpen(service.name, detail, retry_after=retry_after, request=request)
-        timed = breaker.times_calls
-        start = clock.now() if timed else 0.0
-        try:
-            response = await self._inner.handle_async_request(request)
-        except (NoHealthyEndpoints, BulkheadFull, AuthorizationDenied):  # not the service failing
-            breaker.record_ignored(ticket)
-            raise
-        except httpx.TransportError:
-            breaker.record_failure(clock.now() - start if timed else 0.0, ticket)
-            raise
-        except BaseException:
-            # Cancelled by the call's own deadline timer: a timeout, so a failure. Cancelled before the
-            # deadline (the caller went away) or a programming error: no verdict.
-            now = clock.now()
-            if ctx.deadline_passed(now):
-                breaker.record_failure(now - start if timed else 0.0, ticket)
-            else:
-                breaker.record_ignored(ticket)
-            raise
-        if breaker.is_failure_status(response.status_code):
-            breaker.record_failure(clock.now() - start if timed else 0.0, ticket)
-        else:
-            breaker.record_success(clock.now() - start if timed else 0.0, ticket)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _rejection_detail(breaker: CircuitBreaker, retry_after: float) -> str:
-    state = breaker.state
-    if state == OPEN:
-        return f"breaker open, half-open in {retry_after:.1f}s"
-    if state == HALF_OPEN:
-        return f"breaker half-open, {breaker.config.half_open_max_calls} probe call(s) already in flight"
-    return "breaker forced open by an operator"

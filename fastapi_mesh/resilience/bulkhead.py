@@ -1,26 +1,19 @@
 """Bulkheads: at most N at once, M more waiting, the rest refused at once with ``BulkheadFull``.
 
-One mechanism serves both the per-service layer (settings section ``bulkhead``) and the per-route limit of
-``@mesh.policy(bulkhead=N, queue=M)``. Acquiring a free slot costs two integer operations; only a queued
-call allocates (one future).
+One mechanism serves both the per-service layer (settings section ``bulkhead``; ``layers.bulkhead``) and the
+per-route limit of ``@mesh.policy(bulkhead=N, queue=M)``. Acquiring a free slot costs two integer operations;
+only a queued call allocates (one future).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any
 
-import httpx
-
-from .._streams import ReleasingStream
-from ..clock import Clock
-from ..context import EXTENSION, CallContext
 from ..errors import BulkheadFull, DeadlineExceeded
 from ..events import BULKHEAD_REJECTED, BulkheadRejected, EventBus
 
-__all__ = ["Bulkhead", "BulkheadTransport"]
+__all__ = ["Bulkhead"]
 
 
 class Bulkhead:
@@ -125,42 +118,3 @@ class Bulkhead:
             "queue": self.queue,
             "rejected": self.rejected,
         }
-
-
-class BulkheadTransport(httpx.AsyncBaseTransport):
-    """Layer: the per-service bulkhead. Services without ``bulkhead.max_concurrent`` pass straight through."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
-        self._inner = inner
-        self._clock = clock
-
-    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
-        # A plain function returning the next coroutine: an unlimited service costs no extra frame.
-        ctx: CallContext = request.extensions[EXTENSION]
-        bulkhead = ctx.service.bulkhead
-        if bulkhead is None:
-            return self._inner.handle_async_request(request)
-        return self._limited(request, ctx, bulkhead)
-
-    async def _limited(self, request: httpx.Request, ctx: CallContext, bulkhead: Bulkhead) -> httpx.Response:
-        # A queued call waits no longer than its deadline (``retry.max_elapsed`` arms no timer of its own).
-        deadline = ctx.deadline
-        await bulkhead.acquire(None if deadline is None else deadline - self._clock.now())
-        if deadline is not None and self._clock.now() >= deadline:
-            # Spent waiting here, before the service was reached: not the service's failure (the breaker,
-            # below, never sees this call).
-            bulkhead.release()
-            raise DeadlineExceeded(ctx.service.name, "the deadline passed before the call was sent", request=request)
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException:
-            bulkhead.release()
-            raise
-        if ctx.stream and not response.is_closed:
-            response.stream = ReleasingStream(response.stream, bulkhead.release)  # type: ignore[arg-type]
-        else:  # read already (a body built from content, as httpx.MockTransport's are): done
-            bulkhead.release()
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

@@ -1,27 +1,18 @@
-"""Hedging: when an idempotent attempt is slow, send a second one to another endpoint; the first good
-answer wins and the other is cancelled. Hedges count against the retry budget.
+"""Hedging's state: a service's recent attempt latencies, for ``retry.hedge_delay: "p95"``.
 
 The hedge delay is fixed (``retry.hedge_delay: 0.05``) or the service's observed p95 latency
 (``retry.hedge_delay: "p95"``, from the last ``LATENCY_SAMPLES`` successful attempts; no hedging until
-``MIN_SAMPLES`` have been seen).
+``MIN_SAMPLES`` have been seen). The retry layer sends the hedges (``layers.hedge``).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
-
-import httpx
-
-__all__ = ["LatencyWindow", "hedged"]
+__all__ = ["LATENCY_SAMPLES", "MIN_SAMPLES", "LatencyWindow"]
 
 LATENCY_SAMPLES = 128
 MIN_SAMPLES = 20
 #: The p95 is recomputed every this many samples, not on every call.
 RECOMPUTE_EVERY = 16
-
-Attempt = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
 
 
 class LatencyWindow:
@@ -56,64 +47,3 @@ class LatencyWindow:
     @property
     def p95(self) -> float | None:
         return self._p95
-
-
-def _clone(request: httpx.Request) -> httpx.Request:
-    """A second request for the hedge: same method, URL, headers and (buffered) body."""
-    return httpx.Request(
-        request.method,
-        request.url,
-        headers=request.headers.copy(),
-        stream=request.stream,
-        extensions=dict(request.extensions),
-    )
-
-
-async def hedged(
-    attempt: Attempt,
-    request: httpx.Request,
-    delay: float,
-    allow_hedge: Callable[[], bool],
-    is_good: Callable[[httpx.Response], bool],
-) -> httpx.Response:
-    """Run ``attempt(request)``; if it has not finished after ``delay`` and ``allow_hedge()`` agrees, run a
-    copy alongside it. Return the first good response (``is_good``), else the last answer, else re-raise
-    the last error. Whatever is still running at the end is cancelled."""
-    first = asyncio.ensure_future(attempt(request))
-    tasks = [first]
-    winner: httpx.Response | None = None
-    try:
-        done, _ = await asyncio.wait(tasks, timeout=delay)
-        if done or not allow_hedge():
-            winner = await first
-            return winner
-        tasks.append(asyncio.ensure_future(attempt(_clone(request))))
-        pending = set(tasks)
-        error: BaseException | None = None
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    error = exc
-                    continue
-                response = task.result()
-                if winner is None or is_good(response):
-                    winner = response  # an answer beats an error; a good answer beats a bad one
-                if is_good(response):
-                    return response
-        if winner is not None:
-            return winner
-        assert error is not None
-        raise error
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-        for task in tasks:
-            try:
-                response = await task
-            except BaseException:  # the loser's error or cancellation: nobody waits for it
-                continue
-            if response is not winner:
-                await response.aclose()

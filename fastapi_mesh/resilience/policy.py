@@ -32,14 +32,15 @@ from ..clock import Clock
 from ..context import (
     EXTENSION,
     CallContext,
-    InboundContext,
     current_inbound,
+    inbound_for,
     reset_route_deadline,
     set_route_deadline,
 )
 from ..errors import DeadlineExceeded, MeshError
 from ..events import FALLBACK_USED, EventBus, FallbackUsed
-from ..security.identity import AllowList, Authorization, denied_response, identity_of, route_template
+from ..security.authorization import Authorization
+from ..security.identity import AllowList, denied_response, identity_of, route_template
 from ..settings import parse_duration
 from .bulkhead import Bulkhead
 from .fallback import MISSING, RouteFallback, is_fallback_error
@@ -162,9 +163,7 @@ class RoutePolicy:
 
     def _deadline(self, request: Request | None) -> float | None:
         now = self._clock.now()
-        inbound = current_inbound()
-        if inbound is None and request is not None:
-            inbound = InboundContext.from_headers(None, request.scope.get("headers", ()), now)
+        inbound = inbound_for(request.scope, now) if request is not None else current_inbound()
         deadline = inbound.deadline if inbound is not None else None
         if self.timeout is not None and (deadline is None or now + self.timeout < deadline):
             deadline = now + self.timeout

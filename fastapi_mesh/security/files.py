@@ -52,14 +52,14 @@ class WatchedFiles:
                 parts.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns))
         return tuple(parts)
 
-    def settled(self, *, settle: bool = True) -> Signature | None:
-        """The files' signature when it differs from ``loaded`` and, with ``settle``, is the same as at the
-        previous look; else None."""
+    def settled(self) -> Signature | None:
+        """The files' signature when it differs from ``loaded`` and is the same as at the previous look;
+        else None."""
         signature = self.signature()
         if signature == self.loaded:
             self._pending = None
             return None
-        if settle and signature != self._pending:
+        if signature != self._pending:
             self._pending = signature  # changed since the last look: wait for it to settle
             return None
         self._pending = None

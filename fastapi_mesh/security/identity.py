@@ -22,11 +22,9 @@ the allowed ones. Every denial is counted in ``mesh_authorization_denied_total{r
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from fastapi import HTTPException, WebSocketException
@@ -34,14 +32,12 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.routing import compile_path
 
-if TYPE_CHECKING:
-    from ..extension import Mesh
-    from ..observability.metrics import AuthorizationMetrics
+from ..running import running_mesh
+from .authorization import Authorization
 
 __all__ = [
     "DENIED_DETAIL",
     "AllowList",
-    "Authorization",
     "denied_response",
     "enforced_by_server",
     "identity_of",
@@ -49,8 +45,6 @@ __all__ = [
     "require_identity",
     "route_template",
 ]
-
-logger = logging.getLogger("fastapi_mesh.security")
 
 #: The ``detail`` of every 403 a denied caller gets (it names no identity).
 DENIED_DETAIL = "forbidden"
@@ -200,26 +194,6 @@ def _collect(routes: Iterable[Any], prefix: str, found: dict[str, frozenset[str]
             _collect(inner, prefix + (path or ""), found, depth + 1)
 
 
-class Authorization:
-    """A Mesh's record of denied callers: ``mesh_authorization_denied_total{route}`` and a warning per denial.
-
-    >>> Authorization().denied("/api/orders", None, "not on the route's allow list")
-    """
-
-    def __init__(self, metrics: AuthorizationMetrics | None = None) -> None:
-        self.metrics = metrics
-
-    def denied(self, route: str, identity: str | None, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.denied(route)
-        logger.warning(
-            "authorization denied: caller %s on route %s: %s",
-            identity if identity is not None else "without a SPIFFE ID",
-            route,
-            reason,
-        )
-
-
 _server_enforces = False
 
 
@@ -236,22 +210,6 @@ def set_enforced_by_server(value: bool = True) -> None:
 def denied_response() -> Response:
     """The 403 a denied caller gets."""
     return JSONResponse({"detail": DENIED_DETAIL}, status_code=403)
-
-
-@functools.cache
-def _extension() -> ModuleType:
-    from .. import extension  # here, not at the top: extension imports this module
-
-    return extension
-
-
-def running_mesh(app: Any) -> Mesh | None:
-    """The Mesh running ``app``'s lifespan (found on its state), else the process's only running Mesh."""
-    extension = _extension()
-    mesh: Mesh | None = getattr(getattr(app, "state", None), extension.STATE_KEY, None)
-    if mesh is None and len(extension._RUNNING) == 1:
-        mesh = extension._RUNNING[0]
-    return mesh
 
 
 def require_identity(*allowed: str) -> Callable[[HTTPConnection], Awaitable[str]]:

@@ -38,17 +38,17 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.importer import ImportFromStringError, import_from_string
 from uvicorn.server import ServerState
 
+from ..running import running_mesh
 from ..settings import MeshSettings, MtlsConfig
+from .authorization import Authorization
 from .files import WatchedFiles, load_key_pair
 from .identity import (
     DENIED_DETAIL,
     TLS_EXTENSION,
     WS_POLICY_VIOLATION,
     AllowList,
-    Authorization,
     identity_of,
     route_template,
-    running_mesh,
     set_enforced_by_server,
 )
 

@@ -1,4 +1,5 @@
-"""Builders for balancer tests: endpoints, a balancer with a manual clock and seeded rng, call contexts."""
+"""Builders for balancer tests: endpoints, a balancer with a manual clock and seeded rng, call contexts, and
+the pick the balancer layer makes for a call."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from fastapi_mesh.balancing import Balancer, EndpointState
 from fastapi_mesh.clock import ManualClock
 from fastapi_mesh.context import CallContext, InboundContext
 from fastapi_mesh.discovery.base import Endpoint
-from fastapi_mesh.registry import ServiceState
 from fastapi_mesh.resilience.outlier import OutlierDetector
+from fastapi_mesh.services import ServiceState
 from fastapi_mesh.settings import LoadBalancerConfig, OutlierDetectionConfig, RoutingConfig
 
 
@@ -77,6 +78,20 @@ def call(
     ctx = CallContext(cast(ServiceState, None), None, inbound, key)
     ctx.tried.extend(tried)
     return ctx
+
+
+def pick(b: Balancer, ctx: CallContext, headers: Mapping[str, str] | None = None) -> EndpointState:
+    """What the balancer layer asks ``b`` for the next attempt of ``ctx``: the affinity key (the call's, else
+    its inbound request's, read only when ``b`` uses one), the routing group of the call (kept on ``ctx``
+    for its retries) for the outbound ``headers``, and the endpoints the call has tried."""
+    key = None
+    if b.keyed:
+        key = ctx.affinity_key
+        if key is None and ctx.inbound is not None:
+            key = ctx.inbound.affinity_key(b.affinity)
+    if b.routed:
+        ctx.group = b.route(ctx.group, key, headers)
+    return b.pick(key, ctx.tried, ctx.group)
 
 
 def count_checks(b: Balancer) -> list[int]:

@@ -15,7 +15,7 @@ from fastapi_mesh.balancing import hashing
 from fastapi_mesh.balancing.strategies import MAX_TRIES
 from fastapi_mesh.clock import ManualClock
 from fastapi_mesh.errors import BulkheadFull
-from tests.balancing.support import balancer, call, endpoints, host
+from tests.balancing.support import balancer, call, endpoints, host, pick
 
 
 def count_checks(b: object) -> list[int]:
@@ -35,7 +35,7 @@ def test_bounded_load_holds_with_many_endpoints() -> None:
     """A hot key over 100 endpoints: no endpoint carries more than ceil(1.25 x 80 / 100) of 80 concurrent calls."""
     b = balancer(endpoints(100), strategy="least-response-time", session_affinity=True)
     for _ in range(80):
-        b.acquire(b.pick(call(key="hot")))
+        b.acquire(pick(b, call(key="hot")))
     assert max(s.in_flight for s in b.endpoints) <= math.ceil(1.25 * 80 / 100)
 
 
@@ -45,7 +45,7 @@ def test_retry_outside_any_subset_skips_the_tried_endpoint() -> None:
     rules = {"rules": [{"match": {"headers": {"x-canary": "true"}}, "subset": "v2"}]}
     b = balancer(endpoints(3, metadata=meta), routing=rules)
     v2 = b.endpoints[2]
-    assert {b.pick(call(tried=[v2]), httpx.Headers()) for _ in range(10)}.isdisjoint({v2})
+    assert {pick(b, call(tried=[v2]), httpx.Headers()) for _ in range(10)}.isdisjoint({v2})
 
 
 def test_split_by_affinity_key_spreads_keys_over_the_whole_subset() -> None:
@@ -59,7 +59,7 @@ def test_split_by_affinity_key_spreads_keys_over_the_whole_subset() -> None:
     )
     v2 = Counter()
     for i in range(100_000):
-        state = b.pick(call(key=f"user-{i}"))
+        state = pick(b, call(key=f"user-{i}"))
         if state.endpoint.metadata["version"] == "v2":
             v2[host(state)] += 1
     total = sum(v2.values())
@@ -106,7 +106,7 @@ def test_least_connections_pick_stays_bounded_with_idle_ejected_endpoints() -> N
         b.acquire(state)
     checked = count_checks(b)
     for _ in range(50):
-        b.pick(call())
+        pick(b, call())
     assert checked[0] <= 50 * 4 * MAX_TRIES
 
 
@@ -117,7 +117,7 @@ def test_rejecting_a_call_on_a_full_hashed_pool_looks_at_each_endpoint_at_most_o
         b.acquire(state)
     checked = count_checks(b)
     with pytest.raises(BulkheadFull):
-        b.pick(call(client="192.0.2.1"))
+        pick(b, call(client="192.0.2.1"))
     assert checked[0] <= 3 * len(b.endpoints)
 
 
@@ -126,7 +126,7 @@ def test_weight_zero_endpoint_takes_the_call_when_the_weighted_ones_are_full_wit
     b = balancer(endpoints(2, weights=[1, 0]), session_affinity=True, max_connections_per_instance=1)
     weighted, drained = b.endpoints
     b.acquire(weighted)
-    assert b.pick(call(key="user-1")) is drained
+    assert pick(b, call(key="user-1")) is drained
 
 
 def test_least_connections_slow_start_does_not_flood_a_new_endpoint() -> None:
@@ -140,7 +140,7 @@ def test_least_connections_slow_start_does_not_flood_a_new_endpoint() -> None:
     new = b.endpoints[3]
     got = []
     for _ in range(10):
-        state = b.pick(call())
+        state = pick(b, call())
         b.acquire(state)
         got.append(state is new)
     assert sum(got) < 10

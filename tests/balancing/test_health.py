@@ -9,20 +9,20 @@ import pytest
 
 from fastapi_mesh.clock import ManualClock
 from fastapi_mesh.errors import BulkheadFull, NoHealthyEndpoints
-from tests.balancing.support import balancer, call, endpoints, host
+from tests.balancing.support import balancer, call, endpoints, host, pick
 
 
 def test_no_endpoints_raises_no_healthy_endpoints_naming_the_service() -> None:
     """A service with nothing discovered raises NoHealthyEndpoints naming it."""
     with pytest.raises(NoHealthyEndpoints, match="'svc'"):
-        balancer().pick(call())
+        pick(balancer(), call())
 
 
 def test_unhealthy_endpoints_are_skipped() -> None:
     """An endpoint failing its active health checks gets nothing while enough others pass."""
     b = balancer(endpoints(3))
     b.endpoints[0].healthy = False
-    assert "10.0.0.1" not in Counter(host(b.pick(call())) for _ in range(30))
+    assert "10.0.0.1" not in Counter(host(pick(b, call())) for _ in range(30))
 
 
 def test_panic_mode_balances_across_all_endpoints() -> None:
@@ -30,10 +30,10 @@ def test_panic_mode_balances_across_all_endpoints() -> None:
     b = balancer(endpoints(4))
     for state in b.endpoints[1:]:
         state.healthy = False
-    assert len({b.pick(call()) for _ in range(8)}) == 4
+    assert len({pick(b, call()) for _ in range(8)}) == 4
     assert b.as_dict()["panic"] is True
     b.endpoints[1].healthy = True
-    assert {host(b.pick(call())) for _ in range(8)} == {"10.0.0.1", "10.0.0.2"}
+    assert {host(pick(b, call())) for _ in range(8)} == {"10.0.0.1", "10.0.0.2"}
     assert b.as_dict()["panic"] is False
 
 
@@ -43,7 +43,7 @@ def test_panic_threshold_is_configurable() -> None:
     for state in b.endpoints:
         state.healthy = False
     with pytest.raises(NoHealthyEndpoints, match="all 2 endpoints are unhealthy"):
-        b.pick(call())
+        pick(b, call())
 
 
 def test_outlier_ejections_never_trigger_panic() -> None:
@@ -51,7 +51,7 @@ def test_outlier_ejections_never_trigger_panic() -> None:
     b = balancer(endpoints(4), outlier={"consecutive_failures": 1})
     for state in b.endpoints[:3]:
         b.record(state, False, 0.01)
-    assert {host(b.pick(call())) for _ in range(10)} == {"10.0.0.4"}
+    assert {host(pick(b, call())) for _ in range(10)} == {"10.0.0.4"}
 
 
 def test_full_endpoint_is_skipped_and_all_full_is_bulkhead_full() -> None:
@@ -60,21 +60,21 @@ def test_full_endpoint_is_skipped_and_all_full_is_bulkhead_full() -> None:
     first, second = b.endpoints
     b.acquire(first)
     b.acquire(first)
-    assert {b.pick(call()) for _ in range(4)} == {second}
+    assert {pick(b, call()) for _ in range(4)} == {second}
     b.acquire(second)
     b.acquire(second)
     with pytest.raises(BulkheadFull, match=r"'svc'.*max_connections_per_instance \(2\)"):
-        b.pick(call())
+        pick(b, call())
     b.release(first)
-    assert b.pick(call()) is first
+    assert pick(b, call()) is first
 
 
 def test_retry_skips_tried_endpoints_while_another_is_left() -> None:
     """A retry goes to an endpoint not yet tried; when all were tried, a tried one is used again."""
     b = balancer(endpoints(3))
     first, second, third = b.endpoints
-    assert b.pick(call(tried=[first, second])) is third
-    assert b.pick(call(tried=[first, second, third])) in (first, second, third)
+    assert pick(b, call(tried=[first, second])) is third
+    assert pick(b, call(tried=[first, second, third])) in (first, second, third)
 
 
 def test_retry_does_not_use_up_a_turn() -> None:
@@ -83,10 +83,10 @@ def test_retry_does_not_use_up_a_turn() -> None:
     first, second = b.endpoints
     firsts = []
     for _ in range(6):
-        state = b.pick(call())
+        state = pick(b, call())
         firsts.append(state)
         if state is first:  # it fails: the retry goes to the other endpoint
-            assert b.pick(call(tried=[first])) is second
+            assert pick(b, call(tried=[first])) is second
     assert firsts == [first, second] * 3
 
 
@@ -97,9 +97,9 @@ def test_ejected_endpoint_is_used_when_it_is_the_only_one_left() -> None:
     first, second = b.endpoints
     b.record(first, False, 0.01)
     assert b.outlier.is_ejected(first.url)
-    assert b.pick(call(tried=[second])) is second
+    assert pick(b, call(tried=[second])) is second
     b.acquire(second)
-    assert b.pick(call()) is first
+    assert pick(b, call()) is first
 
 
 @pytest.mark.parametrize("strategy", ["round-robin", "weighted"])
@@ -113,7 +113,7 @@ def test_slow_start_ramps_a_new_endpoint_up_exactly(strategy: str) -> None:
     for elapsed, warmth, every in ((0.0, 0.1, 21), (5.0, 0.5, 5), (10.0, 1.0, 3)):
         clock.advance(elapsed - clock.now())
         assert new.warmth(clock.now()) == warmth
-        hits = [i for i in range(300) if b.pick(call()) is new]
+        hits = [i for i in range(300) if pick(b, call()) is new]
         assert {later - earlier for earlier, later in itertools.pairwise(hits)} == {every}
 
 
@@ -131,14 +131,14 @@ def test_slow_start_ramps_a_new_endpoint_up(strategy: str) -> None:
     for elapsed, warmth in ((0.0, 0.1), (5.0, 0.5), (10.0, 1.0)):
         clock.advance(elapsed - clock.now())
         assert new.warmth(clock.now()) == warmth
-        share = sum(b.pick(call()) is new for _ in range(6_000)) / 6_000
+        share = sum(pick(b, call()) is new for _ in range(6_000)) / 6_000
         assert share == pytest.approx(warmth / (2 + warmth) if strategy == "random" else warmth / 3, abs=0.02)
 
 
 def test_initial_endpoints_do_not_slow_start() -> None:
     """The first endpoint set a balancer receives is at full weight at once."""
     b = balancer(endpoints(3), slow_start_window=60)
-    assert Counter(host(b.pick(call())) for _ in range(300)) == {f"10.0.0.{i}": 100 for i in range(1, 4)}
+    assert Counter(host(pick(b, call())) for _ in range(300)) == {f"10.0.0.{i}": 100 for i in range(1, 4)}
 
 
 ZONES = ["a", "a", "a", "b", "b", "b"]
@@ -147,23 +147,23 @@ ZONES = ["a", "a", "a", "b", "b", "b"]
 def test_local_zone_is_preferred() -> None:
     """With zone a, every call goes to one of the three zone-a endpoints."""
     b = balancer(endpoints(6, zones=ZONES), zone="a")
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a"}
 
 
 def test_zone_awareness_can_be_turned_off() -> None:
     """zone_aware false: calls go to every zone."""
     b = balancer(endpoints(6, zones=ZONES), zone="a", zone_aware=False)
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a", "b"}
 
 
 def test_too_few_healthy_local_endpoints_open_other_zones() -> None:
     """With 2 of 3 local endpoints healthy (67% < 70%) the healthy endpoints of every zone share calls."""
     b = balancer(endpoints(6, zones=ZONES), zone="a")
     b.endpoints[0].healthy = False
-    picked = Counter(b.pick(call()).endpoint.zone for _ in range(50))
+    picked = Counter(pick(b, call()).endpoint.zone for _ in range(50))
     assert set(picked) == {"a", "b"}
     b.endpoints[0].healthy = True
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a"}
 
 
 def test_ejected_local_endpoints_count_as_unavailable() -> None:
@@ -171,9 +171,9 @@ def test_ejected_local_endpoints_count_as_unavailable() -> None:
     clock = ManualClock()
     b = balancer(endpoints(6, zones=ZONES), zone="a", clock=clock, outlier={"consecutive_failures": 1})
     b.record(b.endpoints[0], False, 0.01)
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a", "b"}
     clock.advance(30)
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a"}
 
 
 def test_full_local_zone_spills_over() -> None:
@@ -181,15 +181,15 @@ def test_full_local_zone_spills_over() -> None:
     b = balancer(endpoints(4, zones=["a", "a", "b", "b"]), zone="a", max_connections_per_instance=1)
     for state in b.endpoints[:2]:
         b.acquire(state)
-    assert b.pick(call()).endpoint.zone == "b"
+    assert pick(b, call()).endpoint.zone == "b"
 
 
 def test_retry_leaves_the_zone_before_reusing_a_tried_endpoint() -> None:
     """A retry whose only local endpoint was tried goes to the other zone."""
     b = balancer(endpoints(3, zones=["a", "b", "b"]), zone="a", zone_min_healthy_percent=0)
     local = b.endpoints[0]
-    assert b.pick(call()) is local
-    assert b.pick(call(tried=[local])).endpoint.zone == "b"
+    assert pick(b, call()) is local
+    assert pick(b, call(tried=[local])).endpoint.zone == "b"
 
 
 def test_update_keeps_the_state_of_endpoints_that_stay() -> None:
@@ -202,7 +202,7 @@ def test_update_keeps_the_state_of_endpoints_that_stay() -> None:
     assert b.endpoints[0] is kept
     assert kept.in_flight == 1 and kept.ewma == 0.2
     assert [host(s) for s in b.endpoints] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
-    assert b.pick(call()) is not kept  # least-connections still sees its call in flight
+    assert pick(b, call()) is not kept  # least-connections still sees its call in flight
     b.release(kept)
 
 
@@ -210,14 +210,14 @@ def test_unchanged_refresh_rebuilds_nothing() -> None:
     """Publishing the same set again keeps the pools (and the rotation) as they are."""
     b = balancer(endpoints(3))
     pool = b._root.all
-    b.pick(call())
+    pick(b, call())
     b.update(endpoints(3))
     assert b._root.all is pool
-    assert host(b.pick(call())) == "10.0.0.2"
+    assert host(pick(b, call())) == "10.0.0.2"
 
 
 def test_weight_change_is_applied() -> None:
     """A refresh that changes a weight rebuilds the schedule with it."""
     b = balancer(endpoints(2), strategy="weighted")
     b.update(endpoints(2, weights=[1, 3]))
-    assert Counter(host(b.pick(call())) for _ in range(400)) == {"10.0.0.1": 100, "10.0.0.2": 300}
+    assert Counter(host(pick(b, call())) for _ in range(400)) == {"10.0.0.1": 100, "10.0.0.2": 300}

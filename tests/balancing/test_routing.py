@@ -9,13 +9,14 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from fastapi_mesh.balancing import Balancer, BalancerTransport
+from fastapi_mesh.balancing import Balancer
 from fastapi_mesh.clock import ManualClock
 from fastapi_mesh.context import EXTENSION, CallContext
-from fastapi_mesh.registry import ServiceState
-from fastapi_mesh.resilience.breaker import CircuitBreaker
+from fastapi_mesh.layers.balancer import BalancerTransport
+from fastapi_mesh.resilience.outcome import Outcomes
+from fastapi_mesh.services import ServiceState
 from fastapi_mesh.settings import CircuitBreakerConfig
-from tests.balancing.support import balancer, call, endpoints
+from tests.balancing.support import balancer, call, endpoints, pick
 
 CANARY: dict[str, Any] = {
     "subset_key": "version",
@@ -26,7 +27,7 @@ VERSIONS = [{"version": "v1"}] * 4 + [{"version": "v2"}] * 2
 
 
 def version(b: Balancer, headers: dict[str, str] | None = None, **kw: Any) -> str:
-    return b.pick(call(**kw), httpx.Headers(headers or {})).endpoint.metadata["version"]
+    return pick(b, call(**kw), httpx.Headers(headers or {})).endpoint.metadata["version"]
 
 
 def test_canary_split_is_within_two_percent_over_10000_picks() -> None:
@@ -39,14 +40,14 @@ def test_canary_split_is_within_two_percent_over_10000_picks() -> None:
 def test_strategy_balances_inside_the_chosen_subset() -> None:
     """Round robin inside v1 reaches its four endpoints evenly, and v2's endpoints only via the split."""
     b = balancer(endpoints(6, metadata=VERSIONS), routing={"split": {"v1": 1}})
-    counts = Counter(b.pick(call()).endpoint.host for _ in range(400))
+    counts = Counter(pick(b, call()).endpoint.host for _ in range(400))
     assert counts == {f"10.0.0.{i}": 100 for i in range(1, 5)}
 
 
 def test_header_rule_routes_to_its_subset() -> None:
     """Outbound x-canary: true always goes to v2, across both v2 endpoints; other values follow the split."""
     b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
-    canary = [b.pick(call(), httpx.Headers({"X-Canary": "true"})) for _ in range(20)]
+    canary = [pick(b, call(), httpx.Headers({"X-Canary": "true"})) for _ in range(20)]
     assert {s.endpoint.metadata["version"] for s in canary} == {"v2"}
     assert len(set(canary)) == 2
     assert Counter(version(b, {"x-canary": "false"}) for _ in range(1_000))["v1"] > 800
@@ -70,7 +71,7 @@ def test_first_matching_rule_wins() -> None:
 def test_empty_subset_falls_back_to_all_endpoints() -> None:
     """A subset with no endpoints (v2 not deployed yet) means all endpoints take its share."""
     b = balancer(endpoints(3, metadata=[{"version": "v1"}] * 3), routing=CANARY)
-    assert {b.pick(call(), httpx.Headers({"x-canary": "true"})).endpoint.host for _ in range(6)} == {
+    assert {pick(b, call(), httpx.Headers({"x-canary": "true"})).endpoint.host for _ in range(6)} == {
         "10.0.0.1",
         "10.0.0.2",
         "10.0.0.3",
@@ -83,9 +84,9 @@ def test_retry_stays_in_the_subset_of_the_first_attempt() -> None:
     b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
     for _ in range(20):
         ctx = call()
-        first = b.pick(ctx, httpx.Headers({"x-canary": "true"}))
+        first = pick(b, ctx, httpx.Headers({"x-canary": "true"}))
         ctx.tried.append(first)
-        retry = b.pick(ctx, httpx.Headers())
+        retry = pick(b, ctx, httpx.Headers())
         assert retry.endpoint.metadata["version"] == "v2" and retry is not first
 
 
@@ -96,28 +97,28 @@ def test_retry_of_a_call_sent_to_all_endpoints_may_leave_the_tried_subset() -> N
     b = balancer(endpoints(3, metadata=meta), routing={"rules": CANARY["rules"]})
     for _ in range(9):
         ctx = call()
-        first = b.pick(ctx, httpx.Headers())
+        first = pick(b, ctx, httpx.Headers())
         ctx.tried.append(first)
-        assert b.pick(ctx, httpx.Headers()) is not first
+        assert pick(b, ctx, httpx.Headers()) is not first
 
 
 def test_retry_after_an_endpoint_change_stays_in_the_subset_as_it_is_now() -> None:
     """Discovery replaces v2's endpoints between two attempts: the retry goes to the new v2 endpoint."""
     b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
     ctx = call()
-    first = b.pick(ctx, httpx.Headers({"x-canary": "true"}))
+    first = pick(b, ctx, httpx.Headers({"x-canary": "true"}))
     ctx.tried.append(first)
     moved = endpoints(6, metadata=[*VERSIONS[:4], {"version": "v1"}, {"version": "v2"}])
     moved.append(endpoints(1, metadata=[{"version": "v2"}], start=7)[0])
     assert b.update(moved)
-    retry = b.pick(ctx, httpx.Headers())
+    retry = pick(b, ctx, httpx.Headers())
     assert retry.endpoint.metadata["version"] == "v2" and retry is not first
 
 
 def test_rules_match_plain_dict_headers_in_any_case() -> None:
     """Rules given "x-canary" match a plain dict carrying "X-Canary" (httpx.Headers ignore case anyway)."""
     b = balancer(endpoints(6, metadata=VERSIONS), routing=CANARY)
-    assert {b.pick(call(), {"X-Canary": "true"}).endpoint.metadata["version"] for _ in range(10)} == {"v2"}
+    assert {pick(b, call(), {"X-Canary": "true"}).endpoint.metadata["version"] for _ in range(10)} == {"v2"}
 
 
 def test_affinity_key_keeps_a_user_on_one_subset() -> None:
@@ -146,8 +147,8 @@ async def test_transport_routes_on_the_outbound_request_headers() -> None:
         seen.append(request.url.host)
         return httpx.Response(200)
 
-    breaker = CircuitBreaker("svc", CircuitBreakerConfig(), ManualClock())
-    service = cast(ServiceState, SimpleNamespace(balancer=b, latency=None, breaker=breaker))
+    outcomes = Outcomes(CircuitBreakerConfig().failure_on_status, b.record)
+    service = cast(ServiceState, SimpleNamespace(balancer=b, outcomes=outcomes))
     transport = BalancerTransport(httpx.MockTransport(handler), clock=ManualClock())
     for _ in range(10):
         request = httpx.Request("GET", "http://svc/x", headers={"x-canary": "true"})

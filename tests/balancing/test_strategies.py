@@ -8,24 +8,24 @@ from collections import Counter
 import pytest
 
 from fastapi_mesh.balancing import Balancer, EndpointState, build_strategy
-from fastapi_mesh.balancing.balancer import DEFAULT_RTT, FAILURE_PENALTY
+from fastapi_mesh.balancing.endpoint import DEFAULT_RTT, FAILURE_PENALTY
 from fastapi_mesh.balancing.hashing import Ring, key_hash, points_per_endpoint
 from fastapi_mesh.balancing.strategies import MAX_TRIES, LeastConnections
 from fastapi_mesh.clock import ManualClock
 from fastapi_mesh.errors import BulkheadFull, NoHealthyEndpoints
-from tests.balancing.support import CHI2_999, balancer, call, chi_square, count_checks, endpoints, host
+from tests.balancing.support import CHI2_999, balancer, call, chi_square, count_checks, endpoints, host, pick
 
 STRATEGIES = ["round-robin", "random", "weighted", "least-connections", "least-response-time", "ip-hash", "p2c-ewma"]
 
 
 def picks(b: Balancer, count: int, **kw: str) -> Counter[str]:
-    return Counter(host(b.pick(call(**kw))) for _ in range(count))
+    return Counter(host(pick(b, call(**kw))) for _ in range(count))
 
 
 def test_round_robin_is_an_exact_rotation() -> None:
     """Round robin over three endpoints gives each one every third pick, in order."""
     b = balancer(endpoints(3))
-    order = [host(b.pick(call())) for _ in range(9)]
+    order = [host(pick(b, call())) for _ in range(9)]
     assert order == ["10.0.0.1", "10.0.0.2", "10.0.0.3"] * 3
 
 
@@ -39,7 +39,7 @@ def test_deterministic_weights_are_exact(strategy: str) -> None:
 def test_weighted_interleaves_rather_than_bursts() -> None:
     """EDF spreads a 1:3 weighting: the light endpoint appears once in every window of four picks."""
     b = balancer(endpoints(2, weights=[1, 3]), strategy="weighted")
-    order = [host(b.pick(call())) for _ in range(400)]
+    order = [host(pick(b, call())) for _ in range(400)]
     assert all(order[i : i + 4].count("10.0.0.1") == 1 for i in range(0, 400, 4))
 
 
@@ -71,12 +71,12 @@ def test_least_connections_picks_the_fewest_in_flight() -> None:
     for state, count in ((first, 2), (second, 1)):
         for _ in range(count):
             b.acquire(state)
-    assert b.pick(call()) is third
+    assert pick(b, call()) is third
     b.acquire(third)
-    assert b.pick(call()) in (second, third)
+    assert pick(b, call()) in (second, third)
     b.release(first)
     b.release(first)
-    assert b.pick(call()) is first
+    assert pick(b, call()) is first
 
 
 def test_least_connections_breaks_ties_at_random() -> None:
@@ -95,7 +95,7 @@ def test_least_connections_stays_exact_under_churn() -> None:
         if held and rng.random() < 0.5:
             b.release(held.pop(rng.randrange(len(held))))
         else:
-            state = b.pick(call())
+            state = pick(b, call())
             assert state.in_flight == min(s.in_flight for s in b.endpoints)
             b.acquire(state)
             held.append(state)
@@ -121,7 +121,7 @@ def test_least_connections_skips_empty_counts_and_slow_starts() -> None:
     assert isinstance(strategy, LeastConnections)
     assert strategy._occupied == [0, 500]
     checked = count_checks(b)
-    share = sum(b.pick(call()) is new for _ in range(2_000)) / 2_000
+    share = sum(pick(b, call()) is new for _ in range(2_000)) / 2_000
     assert share == pytest.approx(0.5, abs=0.05)
     assert checked[0] <= 2_000 * 2
 
@@ -141,12 +141,12 @@ def test_least_response_time_does_not_herd_onto_an_unanswered_endpoint() -> None
     b = balancer(endpoints(2), strategy="least-response-time")
     known, new = b.endpoints
     b.record(known, True, 0.01)
-    assert b.pick(call()) is new
+    assert pick(b, call()) is new
     b.acquire(new)
-    assert {b.pick(call()) for _ in range(20)} == {known}
+    assert {pick(b, call()) for _ in range(20)} == {known}
     b.release(new)
     b.record(new, True, 0.02)
-    assert {b.pick(call()) for _ in range(20)} == {known}
+    assert {pick(b, call()) for _ in range(20)} == {known}
 
 
 def test_p2c_ewma_weighs_latency_by_load() -> None:
@@ -156,10 +156,10 @@ def test_p2c_ewma_weighs_latency_by_load() -> None:
     fast, slow = b.endpoints
     b.record(fast, True, 0.010)
     b.record(slow, True, 0.100)
-    assert {b.pick(call()) for _ in range(50)} == {fast}
+    assert {pick(b, call()) for _ in range(50)} == {fast}
     for _ in range(10):  # 0.010 x (10 + 1) > 0.100 x (0 + 1)
         b.acquire(fast)
-    assert {b.pick(call()) for _ in range(50)} == {slow}
+    assert {pick(b, call()) for _ in range(50)} == {slow}
 
 
 def test_p2c_ewma_peak_jumps_up_and_decays_back() -> None:
@@ -188,13 +188,13 @@ def test_p2c_ewma_rested_slow_endpoint_is_tried_again() -> None:
     fast, slow = b.endpoints
     b.record(fast, True, 0.010)
     b.record(slow, True, 1.0)
-    assert b.pick(call()) is fast
+    assert pick(b, call()) is fast
     clock.advance(30.0)
     b.record(fast, True, 0.010)  # fast, sampled now: 0.010; slow, rested 30 s: 1.0 x e^-3 = 0.050
-    assert b.pick(call()) is fast
+    assert pick(b, call()) is fast
     clock.advance(40.0)
     b.record(fast, True, 0.010)  # slow, rested 70 s: e^-7 = 0.0009
-    assert b.pick(call()) is slow
+    assert pick(b, call()) is slow
 
 
 def test_ip_hash_pins_each_caller() -> None:
@@ -202,13 +202,13 @@ def test_ip_hash_pins_each_caller() -> None:
     b = balancer(endpoints(5), strategy="ip-hash")
     for i in range(50):
         client = f"192.0.2.{i}"
-        assert len({b.pick(call(client=client)) for _ in range(10)}) == 1
+        assert len({pick(b, call(client=client)) for _ in range(10)}) == 1
 
 
 def test_ip_hash_spreads_callers() -> None:
     """3,000 caller addresses land on five endpoints in about equal numbers (each within 25% of 600)."""
     b = balancer(endpoints(5), strategy="ip-hash")
-    counts = Counter(host(b.pick(call(client=f"10.{i // 250}.{i % 250}.7"))) for i in range(3_000))
+    counts = Counter(host(pick(b, call(client=f"10.{i // 250}.{i % 250}.7"))) for i in range(3_000))
     assert len(counts) == 5
     assert all(450 <= c <= 750 for c in counts.values())
 
@@ -216,7 +216,7 @@ def test_ip_hash_spreads_callers() -> None:
 def test_ip_hash_without_a_key_is_round_robin() -> None:
     """A call with no inbound caller and no affinity key goes round robin."""
     b = balancer(endpoints(3), strategy="ip-hash")
-    assert [host(b.pick(call())) for _ in range(6)] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"] * 2
+    assert [host(pick(b, call())) for _ in range(6)] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"] * 2
 
 
 @pytest.mark.parametrize("n", [5, 10, 50])
@@ -225,10 +225,10 @@ def test_consistent_hashing_moves_about_one_nth_when_one_leaves(n: int) -> None:
     on the one that left."""
     keys = [f"user-{i}" for i in range(10_000)]
     b = balancer(endpoints(n), strategy="ip-hash")
-    before = {k: b.pick(call(key=k)).url for k in keys}
+    before = {k: pick(b, call(key=k)).url for k in keys}
     gone = b.endpoints[n // 2].url
     b.update([s.endpoint for s in b.endpoints if s.url != gone])
-    after = {k: b.pick(call(key=k)).url for k in keys}
+    after = {k: pick(b, call(key=k)).url for k in keys}
     moved = {k for k in keys if before[k] != after[k]}
     assert len(moved) <= 1.5 * len(keys) / n
     assert moved == {k for k in keys if before[k] == gone}
@@ -238,9 +238,9 @@ def test_consistent_hashing_moves_about_one_nth_when_one_joins() -> None:
     """When a tenth endpoint joins nine, at most 1.5/10 of keys move, all of them to the newcomer."""
     keys = [f"user-{i}" for i in range(10_000)]
     b = balancer(endpoints(9), strategy="ip-hash")
-    before = {k: b.pick(call(key=k)).url for k in keys}
+    before = {k: pick(b, call(key=k)).url for k in keys}
     b.update(endpoints(10))
-    after = {k: b.pick(call(key=k)).url for k in keys}
+    after = {k: pick(b, call(key=k)).url for k in keys}
     moved = [k for k in keys if before[k] != after[k]]
     assert len(moved) <= 1.5 * len(keys) / 10
     assert {after[k] for k in moved} == {b.endpoints[9].url}
@@ -298,7 +298,7 @@ def test_pick_looks_at_a_bounded_number_of_endpoints(strategy: str) -> None:
 
     b._ok = counting
     for i in range(100):
-        b.acquire(b.pick(call(client=f"192.0.2.{i}")))
+        b.acquire(pick(b, call(client=f"192.0.2.{i}")))
     assert checked <= 100 * 2
 
 
@@ -310,8 +310,8 @@ def test_mostly_full_pool_still_finds_the_free_endpoints(strategy: str) -> None:
     for state in b.endpoints:
         if state not in free:
             b.acquire(state)
-    assert {b.pick(call()) for _ in range(60)} == free
-    assert b.pick(call(client="192.0.2.1")) in free
+    assert {pick(b, call()) for _ in range(60)} == free
+    assert pick(b, call(client="192.0.2.1")) in free
 
 
 def test_unknown_strategy_is_refused() -> None:
@@ -329,7 +329,7 @@ def test_random_fast_path_gives_way_to_the_scan_after_max_tries() -> None:
         if state is not free:
             b.acquire(state)
     checked = count_checks(b)
-    assert b.pick(call()) is free
+    assert pick(b, call()) is free
     assert checked[0] == MAX_TRIES + 1_000
 
 
@@ -342,7 +342,7 @@ def test_a_run_of_ineligible_endpoints_costs_once_per_rotation(strategy: str) ->
         b.record(state, False, 0.01)
     assert sum(b.outlier.is_ejected(s.url) for s in b.endpoints) == 20
     checked = count_checks(b)
-    got = [b.pick(call()) for _ in range(980)]
+    got = [pick(b, call()) for _ in range(980)]
     assert len(set(got)) == 980
     assert checked[0] == 1_000
 
@@ -357,10 +357,10 @@ def test_every_endpoint_full_is_rejected_without_looking_at_any(variant: str) ->
         b.acquire(state)
     checked = count_checks(b)
     with pytest.raises(BulkheadFull):
-        b.pick(call(client="192.0.2.1"))
+        pick(b, call(client="192.0.2.1"))
     assert checked[0] == 0
     b.release(b.endpoints[7])
-    assert b.pick(call(client="192.0.2.1")) is b.endpoints[7]
+    assert pick(b, call(client="192.0.2.1")) is b.endpoints[7]
 
 
 def test_all_unhealthy_without_panic_is_rejected_without_looking_at_any() -> None:
@@ -370,7 +370,7 @@ def test_all_unhealthy_without_panic_is_rejected_without_looking_at_any() -> Non
         state.healthy = False
     checked = count_checks(b)
     with pytest.raises(NoHealthyEndpoints):
-        b.pick(call())
+        pick(b, call())
     assert checked[0] == 0
 
 
@@ -380,10 +380,10 @@ def test_weight_zero_endpoint_is_the_last_resort_with_hashing(settings: dict[str
     them when none can (full), rather than BulkheadFull."""
     b = balancer(endpoints(3, weights=[1, 1, 0]), max_connections_per_instance=1, **settings)
     drained = b.endpoints[2]
-    assert drained not in {b.pick(call(key=f"user-{i}")) for i in range(200)}
+    assert drained not in {pick(b, call(key=f"user-{i}")) for i in range(200)}
     b.acquire(b.endpoints[0])
     b.acquire(b.endpoints[1])
-    assert {b.pick(call(key=f"user-{i}")) for i in range(20)} == {drained}
+    assert {pick(b, call(key=f"user-{i}")) for i in range(20)} == {drained}
 
 
 def test_failures_make_an_endpoint_look_slower() -> None:
@@ -414,7 +414,7 @@ def test_a_replica_failing_fast_gets_little_traffic(strategy: str) -> None:
     failing = b.endpoints[0]
     chosen: Counter[str] = Counter()
     for _ in range(600):
-        state = b.pick(call())
+        state = pick(b, call())
         chosen[host(state)] += 1
         clock.advance(0.01)
         b.record(state, state is not failing, 0.001 if state is failing else 0.050)

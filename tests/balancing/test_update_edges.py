@@ -11,7 +11,7 @@ import pytest
 from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh.discovery import Endpoint
 from fastapi_mesh.resilience.outlier import OutlierDetector
-from tests.balancing.support import balancer, call, endpoints
+from tests.balancing.support import balancer, call, endpoints, pick
 
 
 def test_an_attempt_ending_after_its_endpoint_left_counts_for_nothing() -> None:
@@ -55,7 +55,7 @@ async def test_a_discovery_answer_that_cannot_be_applied_keeps_the_last_good_set
     transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.url.host))
     async with MeshClient(settings, transport=transport) as client:
         with caplog.at_level(logging.ERROR, logger="fastapi_mesh.discovery"):
-            client._rt.registry.publish("svc", [Broken("http://10.0.0.9:1")])
+            client._rt.services.publish("svc", [Broken("http://10.0.0.9:1")])
         answer = (await client.get("svc", "/x")).text
     assert answer == "10.0.0.1"
     assert "last endpoint set stays" in caplog.text
@@ -65,7 +65,7 @@ def test_pick_after_an_update_never_returns_a_departed_endpoint() -> None:
     """After an update, picks come from the new set only."""
     b = balancer(endpoints(3))
     b.update([s.endpoint for s in b.endpoints[:2]])
-    assert {b.pick(call()).url for _ in range(20)} == {s.url for s in b.endpoints}
+    assert {pick(b, call()).url for _ in range(20)} == {s.url for s in b.endpoints}
 
 
 def test_zone_availability_does_not_walk_the_ejected_endpoints_on_every_pick(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,7 @@ def test_zone_availability_does_not_walk_the_ejected_endpoints_on_every_pick(mon
 
     monkeypatch.setattr(OutlierDetector, "is_ejected", counting)
     for _ in range(100):
-        b.pick(call())
+        pick(b, call())
     assert lookups < 200 + 100 * 10  # one walk, then a bounded number of checks per pick
 
 
@@ -94,13 +94,13 @@ def test_the_zones_ejected_count_follows_returns_health_and_unejection() -> None
     zones = ["a", "a", "a", "b", "b", "b"]
     b = balancer(endpoints(6, zones=zones), zone="a", outlier={"consecutive_failures": 1})
     b.record(b.endpoints[0], False, 0.01)  # 2 of 3 local available: other zones open
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a", "b"}
     b.outlier.uneject(b.endpoints[0].url)
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a"}
     b.record(b.endpoints[1], False, 0.01)
     b.endpoints[1].healthy = False  # ejected and unhealthy: counted once, as unhealthy
     b.endpoints[2].healthy = False
-    assert {b.pick(call()).endpoint.zone for _ in range(30)} == {"a", "b"}
+    assert {pick(b, call()).endpoint.zone for _ in range(30)} == {"a", "b"}
 
 
 def test_an_answer_listing_an_endpoint_twice_is_no_change_when_repeated() -> None:
@@ -123,7 +123,7 @@ def test_unequal_weights_move_no_key_between_endpoints_that_stay(weights: list[i
     keys = [f"user-{i}" for i in range(5_000)]
     before_set = endpoints(len(weights), weights=weights)
     b = balancer(before_set, strategy="ip-hash")
-    before = {k: b.pick(call(key=k)).url for k in keys}
+    before = {k: pick(b, call(key=k)).url for k in keys}
     if change.startswith("remove"):
         gone = before_set[-1].url
         b.update(before_set[:-1])
@@ -132,6 +132,6 @@ def test_unequal_weights_move_no_key_between_endpoints_that_stay(weights: list[i
         added = endpoints(1, start=len(weights) + 1)
         b.update([*before_set, *added])
         changed = {added[0].url}
-    after = {k: b.pick(call(key=k)).url for k in keys}
+    after = {k: pick(b, call(key=k)).url for k in keys}
     between_stayers = [k for k in keys if before[k] != after[k] and not {before[k], after[k]} & changed]
     assert between_stayers == []

@@ -61,7 +61,7 @@ def test_custom_class_by_colon_or_dotted_path(plugin_module: str) -> None:
 @pytest.mark.anyio
 async def test_a_custom_class_from_settings_publishes_into_routing(plugin_module: str) -> None:
     async with MeshClient(_custom(f"{plugin_module}:NoArgs")) as client:
-        assert [e.url for e in client._rt.registry.get("users").balancer.endpoints] == ["http://10.0.0.7:80"]
+        assert [e.url for e in client._rt.services.get("users").balancer.endpoints] == ["http://10.0.0.7:80"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""What every background backend gets from ``BackgroundDiscovery`` and the registry: last good set kept on
+"""What every background backend gets from ``BackgroundDiscovery`` and the service table: last good set kept on
 errors, stale status, one log line per change of state, backoff, the empty grace, and the first-sync wait."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _answering() -> httpx.MockTransport:
 
 
 def _urls(client: MeshClient, service: str) -> list[str]:
-    return sorted(e.url for e in client._rt.registry.get(service).balancer.endpoints)
+    return sorted(e.url for e in client._rt.services.get(service).balancer.endpoints)
 
 
 async def test_an_error_keeps_the_last_good_set_marks_it_stale_and_logs_once(
@@ -96,7 +96,7 @@ async def test_endpoints_coming_back_within_the_grace_cancel_it() -> None:
     backend = ScriptedDiscovery(DiscoveryConfig(empty_grace=30.0), clock=clock)
     backend.queue("users", [A], [])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
-        client._rt.registry.get("users")
+        client._rt.services.get("users")
         await eventually(lambda: client.get_metrics()["discovery"]["services"]["users"]["empty_held"])
         backend.queue("users", [B])
         await eventually(lambda: _urls(client, "users") == [B])
@@ -159,7 +159,7 @@ async def test_static_discovery_never_makes_a_call_wait() -> None:
         with pytest.raises(NoHealthyEndpoints):
             await client.get("orders", "/")
         assert loop.time() - started < 1.0
-        assert client._rt.registry.get("orders").sync_pending is False
+        assert client._rt.services.get("orders").sync_pending is False
 
 
 async def test_a_backend_bug_restarts_the_sync_task(caplog: pytest.LogCaptureFixture) -> None:
@@ -177,7 +177,7 @@ async def test_a_backend_bug_restarts_the_sync_task(caplog: pytest.LogCaptureFix
     backend = Buggy(clock=clock)
     backend.queue("users", [A])
     async with MeshClient(MeshSettings(), transport=_answering(), discovery=backend) as client:
-        client._rt.registry.get("users")
+        client._rt.services.get("users")
         await eventually(lambda: clock.sleeping == 1)
         await clock.advance(60)
         await eventually(lambda: _urls(client, "users") == [A])
@@ -192,7 +192,7 @@ async def test_discovery_status_reaches_mesh_status_and_metrics() -> None:
     app = FastAPI(lifespan=mesh.lifespan)
     app.include_router(mesh.router)
     async with serve(app) as http:
-        mesh.client._rt.registry.get("users")
+        mesh.client._rt.services.get("users")
         await eventually(lambda: backend.sync_status().get("users", {}).get("errors") == 1)
         status = (await http.get("/mesh/status")).json()["discovery"]
         assert status["backend"] == "scripted"
@@ -218,14 +218,14 @@ async def test_critical_services_hold_startup_until_synced_and_readiness_while_e
         assert startup.status_code == 503
         assert "no answer from discovery for 'users'" in str(startup.json()["checks"]["discovery-sync:users"])
         gate.set()
-        await eventually(lambda: mesh.client._rt.registry.get("users").synced)
+        await eventually(lambda: mesh.client._rt.services.get("users").synced)
         await mesh.health.run("startup")
         await mesh.health.run("readiness")
         assert (await http.get("/health/startup")).status_code == 200
         assert (await http.get("/health/ready")).status_code == 200
 
         backend.queue("users", [])  # empty_grace 0: believed at once
-        await eventually(lambda: not mesh.client._rt.registry.get("users").balancer.endpoints)
+        await eventually(lambda: not mesh.client._rt.services.get("users").balancer.endpoints)
         await mesh.health.run("readiness")
         ready = await http.get("/health/ready")
         assert ready.status_code == 503
@@ -240,7 +240,7 @@ async def test_a_non_critical_service_never_affects_the_probes() -> None:
     app = FastAPI(lifespan=mesh.lifespan)
     app.include_router(mesh.router)
     async with serve(app) as http:
-        mesh.client._rt.registry.get("orders")
+        mesh.client._rt.services.get("orders")
         await eventually(lambda: backend.sync_status()["orders"]["errors"] == 1)
         await mesh.health.run("readiness")
         assert (await http.get("/health/ready")).status_code == 200

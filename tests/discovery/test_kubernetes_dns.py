@@ -88,7 +88,7 @@ def status(client: MeshClient, service: str = "users") -> dict[str, Any]:
 
 
 def urls(client: MeshClient, service: str = "users") -> list[str]:
-    return sorted(e.url for e in client._rt.registry.get(service).balancer.endpoints)
+    return sorted(e.url for e in client._rt.services.get(service).balancer.endpoints)
 
 
 async def names(client: MeshClient, calls: int, service: str = "users") -> list[str]:
@@ -215,7 +215,7 @@ async def test_initial_sync_routes_calls_to_every_srv_target(fleet: Fleet, dnsma
         assert status(client)["stale"] is False
         assert status(client)["endpoints"] == 3
         assert client.get_metrics()["discovery"]["backend"] == "kubernetes-dns"
-        endpoints = client._rt.registry.get("users").balancer.endpoints
+        endpoints = client._rt.services.get("users").balancer.endpoints
         targets = {s.url: s.endpoint.metadata["target"] for s in endpoints}
         assert targets == {r.url: pod(r) for r in replicas}
         assert {s.endpoint.weight for s in endpoints} == {1}  # SRV weights all 0: equal shares

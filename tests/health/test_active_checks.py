@@ -341,14 +341,14 @@ async def test_the_mesh_starts_checkers_per_policy_and_shows_them_in_status_and_
     )
     mesh = Mesh(settings, transport=httpx.MockTransport(upstream))
     client = mesh.client
-    registry = client._rt.registry
+    services = client._rt.services
     async with client:
-        svc = registry.get("svc")
+        svc = services.get("svc")
         await eventually(lambda: not svc.balancer.endpoints[1].healthy)
         assert svc.balancer.endpoints[0].healthy
-        assert registry.get("plain").active_check is None
-        registry.publish("late", [Endpoint("http://10.0.0.4:8080")])
-        late = registry.get("late").active_check
+        assert services.get("plain").active_check is None
+        services.publish("late", [Endpoint("http://10.0.0.4:8080")])
+        late = services.get("late").active_check
         assert late is not None and late.running
         status = json.loads(json.dumps(client.get_metrics()))  # JSON, as /mesh/status sends it
         checks = status["active_health_checks"]
@@ -451,7 +451,7 @@ async def test_a_replica_failing_its_health_path_is_taken_out_before_user_calls_
     pass again: it is back, and takes its share of calls."""
     bad, *good = await health_replicas(fleet, 3)
     async with MeshClient(checked_settings([r.url for r in (bad, *good)])) as client:
-        state = client._rt.registry.get("svc").balancer.endpoints[0]
+        state = client._rt.services.get("svc").balancer.endpoints[0]
         assert state.url == bad.url
         await eventually(lambda: bad.probes >= 2)
         assert bad.headers[-1]["user-agent"] == USER_AGENT
@@ -475,7 +475,7 @@ async def test_user_calls_stop_going_to_a_replica_whose_health_path_fails(fleet:
     replicas = await health_replicas(fleet, 3)
     bad = replicas[0]
     async with MeshClient(checked_settings([r.url for r in replicas])) as client:
-        state = client._rt.registry.get("svc").balancer.endpoints[0]
+        state = client._rt.services.get("svc").balancer.endpoints[0]
         stop = asyncio.Event()
         failures: list[int] = []
 
@@ -511,7 +511,7 @@ async def test_discovery_updates_change_what_real_replicas_get_probed(fleet: Fle
     async with MeshClient(checked_settings([first.url, leaving.url])) as client:
         await eventually(lambda: leaving.probes >= 2 and first.probes >= 2)
         assert joining.probes == 0
-        client._rt.registry.publish("svc", [Endpoint(first.url), Endpoint(joining.url)])
+        client._rt.services.publish("svc", [Endpoint(first.url), Endpoint(joining.url)])
         left_at = leaving.probes
         await eventually(lambda: joining.probes >= 5)
         assert leaving.probes <= left_at + 1  # one probe may have been under way
@@ -524,16 +524,16 @@ async def test_discovery_updates_change_what_real_replicas_get_probed(fleet: Fle
 
 
 async def test_the_checker_of_a_forgotten_unknown_service_stops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With checks on globally, names nobody configured get checkers too; when the registry forgets such a
+    """With checks on globally, names nobody configured get checkers too; when the service table forgets such a
     name (it keeps a bounded number), its checker stops with it."""
-    monkeypatch.setattr("fastapi_mesh.registry.MAX_UNKNOWN_SERVICES", 2)
+    monkeypatch.setattr("fastapi_mesh.services.MAX_UNKNOWN_SERVICES", 2)
     settings = MeshSettings(active_health_check={"enabled": True})
     async with MeshClient(settings, transport=httpx.MockTransport(lambda request: httpx.Response(200))) as client:
-        registry = client._rt.registry
-        checkers = [registry.get(name).active_check for name in ("typo-1", "typo-2", "typo-3")]
+        services = client._rt.services
+        checkers = [services.get(name).active_check for name in ("typo-1", "typo-2", "typo-3")]
         assert all(c is not None for c in checkers)
         first = checkers[0]
         assert first is not None
         await eventually(lambda: not first.running)
-        assert "typo-1" not in registry.services
+        assert "typo-1" not in services.states
         assert all(c is not None and c.running for c in checkers[1:])

@@ -24,8 +24,8 @@ from fastapi_mesh import (
     MeshSettings,
     UpstreamTimeout,
     UpstreamUnavailable,
+    redirects,
 )
-from fastapi_mesh import client as client_module
 from fastapi_mesh.context import InboundContext
 from tests.upstreams import Fleet, Replica, settings_for, unused_port
 
@@ -360,7 +360,7 @@ async def test_a_redirect_loop_stops_where_httpx_stops(fleet: Fleet) -> None:
             async with client.stream("GET", "svc", "/loop", follow_redirects=True):
                 pass
         metrics = client.get_metrics()
-    assert len(received(replica)) == sent_by_httpx == 1 + client_module.MAX_REDIRECTS
+    assert len(received(replica)) == sent_by_httpx == 1 + redirects.MAX_REDIRECTS
     assert metrics["load_balancer"]["svc"]["endpoints"][0]["in_flight"] == 0
     assert metrics["bulkheads"]["svc"]["active"] == 0
 

@@ -85,7 +85,7 @@ async def chromium_page(width: int = 1280, height: int = 860) -> AsyncIterator[P
     binary = find_chromium()
     if binary is None:
         raise RuntimeError("chromium is not installed (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:  # Chromium may still be writing
         process = await asyncio.create_subprocess_exec(
             binary,
             "--headless",

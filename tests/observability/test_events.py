@@ -39,6 +39,7 @@ class Recorder:
             client.on(name, lambda event, name=name: self.seen.append((name, event)))
 
     def named(self, name: str) -> list[Any]:
+        name = ALIASES.get(name, name)  # an older name is the same event
         return [event for seen, event in self.seen if seen == name]
 
 

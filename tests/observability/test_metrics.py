@@ -231,7 +231,7 @@ async def test_metrics_off_skips_every_per_call_observation() -> None:
     names = {name for name, _ in found}
     assert not any(n.startswith((DURATION, "mesh_inbound_")) for n in names)
     assert value(found, "mesh_upstream_requests_total", service="users", outcome="success") == 1
-    assert mesh.client._rt.registry.get("users").durations.series == {}
+    assert mesh.client._rt.services.get("users").durations.series == {}
 
 
 def demo_mesh() -> tuple[Mesh, FastAPI]:
@@ -354,5 +354,5 @@ async def test_a_client_without_a_mesh_keeps_its_histogram_in_its_service_state(
     settings = MeshSettings(discovery={"endpoints": {"users": ["http://10.0.0.1:80"]}})
     async with MeshClient(settings, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
         await client.post("users", "/")
-        series = client._rt.registry.get("users").durations.series
+        series = client._rt.services.get("users").durations.series
     assert list(series) == [("POST", "2xx")]

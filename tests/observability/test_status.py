@@ -93,8 +93,8 @@ async def test_status_shows_discovery_sync_and_staleness() -> None:
     backend.queue("users", ["http://10.0.0.1:8080"])
     mesh = Mesh(MeshSettings(), discovery=backend, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     async with serve(app_for(mesh)) as http:
-        mesh.client._rt.registry.get("users")
-        await poll(lambda: mesh.client._rt.registry.get("users").synced)
+        mesh.client._rt.services.get("users")
+        await poll(lambda: mesh.client._rt.services.get("users").synced)
         status = (await http.get("/mesh/status")).json()
     sync = status["services"]["users"]["discovery"]
     assert sync["synced"] is True and sync["stale"] is False and sync["last_sync"] > 1.7e9

@@ -8,8 +8,9 @@ import random
 import httpx
 import pytest
 
+from fastapi_mesh.layers.hedge import hedged
 from fastapi_mesh.resilience.backoff import backoff_delay, parse_retry_after
-from fastapi_mesh.resilience.hedge import MIN_SAMPLES, LatencyWindow, hedged
+from fastapi_mesh.resilience.hedge import MIN_SAMPLES, LatencyWindow
 from fastapi_mesh.settings import RetryConfig
 
 
@@ -134,3 +135,31 @@ async def test_hedged_prefers_an_answer_to_an_error_and_a_good_answer_to_a_bad_o
 
     with pytest.raises(httpx.ReadError):
         await hedged(failing, httpx.Request("GET", "http://svc/"), 0.001, lambda: True, lambda r: True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hung", ["10.0.0.1", "10.0.0.2"])
+async def test_the_call_reports_the_endpoint_of_the_attempt_that_answered(hung: str) -> None:
+    """A hedge has its own context: whether the first attempt or its hedge answers, the call's event names
+    the endpoint that answered, and every endpoint gives its in-flight slot back."""
+    from fastapi_mesh import MeshClient, MeshSettings, RequestEvent
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host == hung:
+            await asyncio.Event().wait()  # never answers: the hedge wins, and this attempt is cancelled
+        return httpx.Response(200, json={"host": request.url.host})
+
+    settings = MeshSettings(
+        discovery={"endpoints": {"svc": ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]}},
+        retry={"max_retries": 1, "hedge_delay": "10ms", "max_elapsed": "5s"},
+    )
+    events: list[RequestEvent] = []
+    async with MeshClient(settings, transport=httpx.MockTransport(upstream)) as client:
+        client.on("request-success", events.append)
+        for _ in range(2):  # round robin: the first call starts on 10.0.0.1, the second on 10.0.0.2
+            response = await client.get("svc", "/x")
+            assert events[-1].endpoint == f"http://{response.json()['host']}:8080"
+            assert response.json()["host"] != hung
+        in_flight = [e["in_flight"] for e in client.get_metrics()["load_balancer"]["svc"]["endpoints"]]
+    assert [e.attempts for e in events] == ([1, 2] if hung == "10.0.0.2" else [2, 1])
+    assert in_flight == [0, 0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,13 +20,10 @@ from fastapi_mesh.errors import (
     NoHealthyEndpoints,
     UpstreamUnavailable,
 )
-from fastapi_mesh.events import EventBus
-from fastapi_mesh.resilience.breaker import (
-    CIRCUIT_BREAKER_STATE_CHANGE,
-    BreakerStateChange,
-    CircuitBreaker,
-    CircuitBreakerTransport,
-)
+from fastapi_mesh.events import CIRCUIT_STATE_CHANGE, EventBus
+from fastapi_mesh.layers.breaker import CircuitBreakerTransport
+from fastapi_mesh.resilience.breaker import BreakerStateChange, CircuitBreaker
+from fastapi_mesh.resilience.outcome import Outcomes
 from fastapi_mesh.settings import CircuitBreakerConfig
 
 
@@ -37,6 +34,11 @@ def anyio_backend() -> str:
 
 def make(clock: ManualClock, events: EventBus | None = None, **config: Any) -> CircuitBreaker:
     return CircuitBreaker("user-service", CircuitBreakerConfig(**config), clock, events)
+
+
+def outcomes(config: CircuitBreakerConfig) -> Outcomes:
+    """The failure rule ``config`` gives a service (no balancer behind it: attempts are not recorded)."""
+    return Outcomes(config.failure_on_status, record=lambda endpoint, ok, latency: None)
 
 
 def succeed(breaker: CircuitBreaker, times: int = 1, duration: float = 0.01) -> None:
@@ -179,10 +181,10 @@ def test_slow_calls_not_measured_without_slow_call_duration() -> None:
 
 
 def test_failure_statuses_are_precomputed_from_config() -> None:
-    """``is_failure_status`` follows ``failure_on_status``: 5xx by default, or the configured list."""
-    default = make(ManualClock())
-    custom = make(ManualClock(), failure_on_status=[429, 503])
-    assert [default.is_failure_status(s) for s in (200, 404, 429, 500, 503, 599)] == [
+    """``Outcomes.failed`` follows ``failure_on_status``: 5xx by default, or the configured list."""
+    default = outcomes(CircuitBreakerConfig())
+    custom = outcomes(CircuitBreakerConfig(failure_on_status=[429, 503]))
+    assert [default.failed(s) for s in (200, 404, 429, 500, 503, 599)] == [
         False,
         False,
         False,
@@ -190,7 +192,7 @@ def test_failure_statuses_are_precomputed_from_config() -> None:
         True,
         True,
     ]
-    assert [custom.is_failure_status(s) for s in (200, 429, 500, 503)] == [False, True, False, True]
+    assert [custom.failed(s) for s in (200, 429, 500, 503)] == [False, True, False, True]
 
 
 # ------------------------------------------------------------------------------------- open, half-open
@@ -387,7 +389,7 @@ def test_events_carry_from_and_to_states() -> None:
     """Each transition emits one BreakerStateChange with the right states, rate and reason."""
     bus = EventBus()
     seen: list[BreakerStateChange] = []
-    bus.on(CIRCUIT_BREAKER_STATE_CHANGE, seen.append)
+    bus.on(CIRCUIT_STATE_CHANGE, seen.append)
     clock = ManualClock()
     breaker = make(clock, bus, failure_threshold=2, failure_threshold_percentage=50, reset_timeout=5)
     succeed(breaker, 2)
@@ -462,6 +464,10 @@ class StandInService:
 
     name: str
     breaker: CircuitBreaker
+    outcomes: Outcomes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcomes = outcomes(self.breaker.config)
 
 
 class Upstream:

@@ -70,7 +70,7 @@ async def test_a_retry_that_cannot_be_sent_leaves_the_earlier_answer_standing() 
     holder: list[MeshClient] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        holder[0]._rt.registry.publish("svc", [])
+        holder[0]._rt.services.publish("svc", [])
         return httpx.Response(503, text="busy")
 
     async with MeshClient(settings(retry={"max_retries": 2}), transport=httpx.MockTransport(handler)) as client:
@@ -85,7 +85,7 @@ async def test_a_retry_that_cannot_be_sent_leaves_the_earlier_failure_standing()
     holder: list[MeshClient] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        holder[0]._rt.registry.publish("svc", [])
+        holder[0]._rt.services.publish("svc", [])
         raise httpx.ConnectError("refused")
 
     async with MeshClient(settings(retry={"max_retries": 2}), transport=httpx.MockTransport(handler)) as client:

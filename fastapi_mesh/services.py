@@ -1,4 +1,5 @@
-"""Per-service state owned by the mesh: policy, balancer, counters. Created lazily, on first use."""
+"""Per-service state owned by the mesh (policy, balancer, breaker, counters), created lazily on first use,
+and the table of it that discovery publishes into."""
 
 from __future__ import annotations
 
@@ -16,19 +17,20 @@ from .balancing.balancer import Balancer
 from .clock import Clock
 from .discovery.base import Endpoint
 from .errors import NoHealthyEndpoints
-from .events import ENDPOINTS_CHANGED, EndpointsChanged, EventBus
-from .observability.metrics import CallDurations
+from .events import DISCOVERY_CHANGED, EndpointsChanged, EventBus
+from .observability.durations import CallDurations
 from .resilience.breaker import CircuitBreaker
 from .resilience.budget import RetryBudget
 from .resilience.bulkhead import Bulkhead
 from .resilience.hedge import LatencyWindow
+from .resilience.outcome import Outcomes
 from .resilience.outlier import OutlierDetector
 from .settings import MeshSettings, ServicePolicy
 
 if TYPE_CHECKING:
     from .health.active import ActiveHealthChecker
 
-__all__ = ["Feed", "ServiceRegistry", "ServiceState"]
+__all__ = ["Feed", "ServiceState", "Services"]
 
 logger = logging.getLogger("fastapi_mesh.discovery")
 
@@ -58,6 +60,7 @@ class ServiceState:
         "known",
         "latency",
         "name",
+        "outcomes",
         "policy",
         "requests",
         "retries",
@@ -104,6 +107,8 @@ class ServiceState:
         self.fallback_enabled = policy.circuit_breaker.fallback_enabled
         self.retry_statuses = frozenset(policy.retry.retry_on_status)
         self.latency = LatencyWindow() if retry.hedge_delay == "p95" else None
+        #: What counts as a failure, for the breaker and the balancer; where attempt outcomes go.
+        self.outcomes = Outcomes(policy.circuit_breaker.failure_on_status, self.balancer.record, self.latency)
         self.hedges = 0
         #: Named by the settings, or given endpoints by discovery at some point: shown in status and metrics.
         self.known = False
@@ -147,20 +152,20 @@ class Feed:
     """What a backend's ``start(publish)`` receives from the mesh: call it as ``publish(service, endpoints)``;
     ``publish.unavailable(service, reason)`` says a service's first sync failed (see ``BackgroundDiscovery``)."""
 
-    __slots__ = ("_registry",)
+    __slots__ = ("_services",)
 
-    def __init__(self, registry: ServiceRegistry) -> None:
-        self._registry = registry
+    def __init__(self, services: Services) -> None:
+        self._services = services
 
     def __call__(self, service: str, endpoints: Sequence[Endpoint]) -> None:
-        self._registry.publish(service, endpoints)
+        self._services.publish(service, endpoints)
 
     def unavailable(self, service: str, reason: str | None = None) -> None:
-        self._registry.unavailable(service, reason)
+        self._services.unavailable(service, reason)
 
 
-class ServiceRegistry:
-    """Maps service names to their ``ServiceState``; discovery publishes into it."""
+class Services:
+    """Maps service names to their ``ServiceState`` (``states``); discovery publishes into it."""
 
     __slots__ = (
         "_clock",
@@ -172,7 +177,7 @@ class ServiceRegistry:
         "_unknown",
         "_wait_for_sync",
         "feed",
-        "services",
+        "states",
     )
 
     def __init__(
@@ -189,7 +194,7 @@ class ServiceRegistry:
         self._clock = clock
         self._events = events
         self._on_new = on_new
-        self.services: dict[str, ServiceState] = {}
+        self.states: dict[str, ServiceState] = {}
         self._configured = frozenset(settings.discovery.endpoints) | frozenset(settings.services)
         self._unknown: OrderedDict[str, None] = OrderedDict()
         #: The backend syncs in the background: a new service's calls wait for its first sync.
@@ -199,15 +204,15 @@ class ServiceRegistry:
 
     def known(self) -> dict[str, ServiceState]:
         """The services worth showing: named by the settings or given endpoints by discovery."""
-        return {name: state for name, state in self.services.items() if state.known}
+        return {name: state for name, state in self.states.items() if state.known}
 
     def get(self, name: str) -> ServiceState:
-        state = self.services.get(name)
+        state = self.states.get(name)
         if state is not None and not state.known:
             self._unknown.move_to_end(name)  # in use: the last to be forgotten
         if state is None:
             policy = self._settings.for_service(name)
-            state = self.services[name] = ServiceState(
+            state = self.states[name] = ServiceState(
                 name,
                 policy,
                 self._rng,
@@ -230,9 +235,9 @@ class ServiceRegistry:
         unknown[name] = None
         while len(unknown) > MAX_UNKNOWN_SERVICES:
             oldest, _ = unknown.popitem(last=False)
-            state = self.services.get(oldest)
+            state = self.states.get(oldest)
             if state is not None and not state.known:
-                del self.services[oldest]  # a call still holding it finishes normally
+                del self.states[oldest]  # a call still holding it finishes normally
                 if state.active_check is not None:
                     state.active_check.cancel()
 
@@ -250,13 +255,13 @@ class ServiceRegistry:
         if endpoints and not state.known:
             state.known = True
             self._unknown.pop(name, None)
-        if changed and self._events.wants(ENDPOINTS_CHANGED):
-            self._events.emit(ENDPOINTS_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))
+        if changed and self._events.wants(DISCOVERY_CHANGED):
+            self._events.emit(DISCOVERY_CHANGED, EndpointsChanged(name, tuple(e.url for e in endpoints)))
 
     def unavailable(self, name: str, reason: str | None = None) -> None:
         """Discovery's other callback: ``name``'s first sync failed. Its set (empty) stays; calls waiting for
         the sync go on now and fail with ``NoHealthyEndpoints`` rather than wait for a backend that is down."""
-        state = self.services.get(name)
+        state = self.states.get(name)
         if state is not None and state.sync_pending:
             logger.debug("first sync of %r failed (%s): waiting calls go on", name, reason)
             state.sync_settled()

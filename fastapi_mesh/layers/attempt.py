@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import httpx
 
-from .._headers import set_header
-from ..clock import Clock
+from .._httpx_compat import set_header
 from ..context import DEADLINE_HEADER, EXTENSION, CallContext
 from ..errors import DeadlineExceeded
+from .base import Layer
 
 __all__ = ["AttemptTransport"]
 
 _DEADLINE_HEADER_BYTES = DEADLINE_HEADER.encode("ascii")
 
 
-class AttemptTransport(httpx.AsyncBaseTransport):
+class AttemptTransport(Layer):
     """Layer: one attempt on one endpoint.
 
     - caps httpx's per-attempt timeouts (the ``timeout`` extension) by the call's remaining deadline, and
@@ -23,9 +23,7 @@ class AttemptTransport(httpx.AsyncBaseTransport):
       drops mid-body is then this attempt's failure, which retry and the balancer see.
     """
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
-        self._inner = inner
-        self._clock = clock
+    reads = ("deadline", "service", "stream")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         ctx: CallContext = request.extensions[EXTENSION]
@@ -44,7 +42,10 @@ class AttemptTransport(httpx.AsyncBaseTransport):
                     }
             else:
                 request.extensions["timeout"] = {
-                    "connect": remaining, "read": remaining, "write": remaining, "pool": remaining
+                    "connect": remaining,
+                    "read": remaining,
+                    "write": remaining,
+                    "pool": remaining,
                 }
             set_header(request.headers, _DEADLINE_HEADER_BYTES, b"%d" % max(1, int(remaining * 1000)))
         response = await self._inner.handle_async_request(request)
@@ -62,6 +63,3 @@ class AttemptTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
             request=request,
         )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()

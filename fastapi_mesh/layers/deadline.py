@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from ..clock import Clock
 from ..context import EXTENSION, CallContext
 from ..errors import DeadlineExceeded
+from .base import Layer
 
 __all__ = ["DEADLINE_GRACE", "DeadlineTransport"]
 
@@ -20,18 +20,16 @@ __all__ = ["DEADLINE_GRACE", "DeadlineTransport"]
 DEADLINE_GRACE = 0.02
 
 
-class DeadlineTransport(httpx.AsyncBaseTransport):
+class DeadlineTransport(Layer):
     """Layer: the whole call (every attempt and every backoff) ends by its deadline or raises
     ``DeadlineExceeded``. The deadline is the earliest of the route's timeout, the inbound deadline header,
     the call's ``deadline=`` and ``retry.max_elapsed``; the client works it out before the call starts.
 
-    Only a route, inbound or ``deadline=`` deadline arms the timer here. When ``retry.max_elapsed`` alone
-    sets it (every call, with the presets), the cheaper bounds below suffice: attempt timeouts capped at
+    Only a route, inbound or ``deadline=`` deadline arms the timer here (``timed``). When ``retry.max_elapsed``
+    alone sets it (every call, with the presets), the cheaper bounds below suffice: attempt timeouts capped at
     the remaining time, no retry or backoff past it."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, clock: Clock) -> None:
-        self._inner = inner
-        self._clock = clock
+    reads = ("deadline", "timed", "service", "attempts", "endpoint")
 
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         # A plain function returning the next coroutine: a call without a deadline costs no extra frame.
@@ -57,6 +55,3 @@ class DeadlineTransport(httpx.AsyncBaseTransport):
                     request=request,
                 ) from exc
             raise
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
