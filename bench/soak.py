@@ -29,9 +29,9 @@ take turns, on replica r1, r2, r3 in turn:
 - ``hang``: half its answers are held 30 s (the 1 s attempt timeout ends them on the client's side);
 - ``reset``: half its answers have their body cut mid-way (the connection dropped).
 
-The replicas run ``replica_app`` below: the upstream's app, with every ``x-request-id`` echoed in the answer
-(so an answer given to the wrong call is seen) and every POST body received written to a file of the
-replica's own (so deliveries survive a kill and can be counted across replicas and restarts).
+The replicas run ``replica_app`` (in ``bench/soak.py``): the upstream's app, with every ``x-request-id``
+echoed in the answer (so an answer given to the wrong call is seen) and every POST body received written to a
+file of the replica's own (so deliveries survive a kill and can be counted across replicas and restarts).
 
 **Bounds** (each one is a key of ``bounds`` in the summary; ``passed`` is false and the exit code 1 when any
 fails):
@@ -824,6 +824,17 @@ def published(page: Path = PAGE) -> str | None:
     return text[start + 1 : end if end >= 0 else len(text)].rstrip() + "\n"
 
 
+def _at_commit() -> str:
+    """`` at commit <short hash>`` of the code measured, when it is a git checkout; else nothing."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f" at commit {found.stdout.strip()}" if found.returncode == 0 and found.stdout.strip() else ""
+
+
 def publish(summary: dict[str, Any], command: str, page: Path = PAGE) -> None:
     """Write ``summary`` as the soak section of ``page`` (``command``: what produced it), replacing the one
     there (appended if there is none)."""
@@ -833,8 +844,8 @@ def publish(summary: dict[str, Any], command: str, page: Path = PAGE) -> None:
         [
             HEADING,
             "",
-            f"Produced by `{command}` on {date.today().isoformat()}; not part of `make bench`. A 60 s soak with"
-            " the same bounds and a fault every 6 s runs in `make test` (`tests/integration/test_soak.py`).",
+            f"Produced by `{command}` on {date.today().isoformat()}{_at_commit()}; not part of `make bench`. A 60 s"
+            " soak with the same bounds and a fault every 6 s runs in `make test` (`tests/integration/test_soak.py`).",
             "",
             method,
             "",
