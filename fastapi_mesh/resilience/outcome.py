@@ -44,6 +44,10 @@ CANCELLED = 3
 #: The mesh's own refusals: not the service failing.
 _REFUSALS = (NoHealthyEndpoints, BulkheadFull, AuthorizationDenied)
 
+#: One set per distinct ``failure_on_status`` (the default, every 5xx, is 8 KiB): services share it.
+_STATUS_SETS: dict[frozenset[int], frozenset[int]] = {}
+_MAX_STATUS_SETS = 64
+
 #: ``record(endpoint, ok, latency)``: the balancer's record of one attempt.
 Record = Callable[["EndpointState", bool, float], None]
 
@@ -57,7 +61,7 @@ class Outcomes:
 
     def __init__(self, failure_on_status: Iterable[int], record: Record, latency: LatencyWindow | None = None) -> None:
         #: The answers that count as failures (``circuit_breaker.failure_on_status``).
-        self.statuses = frozenset(failure_on_status)
+        self.statuses = _shared(frozenset(failure_on_status))
         self._record = record
         self._latency = latency
 
@@ -75,6 +79,16 @@ class Outcomes:
     def failed_attempt(self, endpoint: EndpointState, elapsed: float) -> None:
         """An attempt on ``endpoint`` got no answer (a transport failure, or the deadline's timer)."""
         self._record(endpoint, False, elapsed)
+
+
+def _shared(statuses: frozenset[int]) -> frozenset[int]:
+    """``statuses``, or the equal set another service already holds."""
+    found = _STATUS_SETS.get(statuses)
+    if found is not None:
+        return found
+    if len(_STATUS_SETS) < _MAX_STATUS_SETS:
+        _STATUS_SETS[statuses] = statuses
+    return statuses
 
 
 def call_verdict(exc: BaseException) -> int:

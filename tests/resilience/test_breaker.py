@@ -195,6 +195,13 @@ def test_failure_statuses_are_precomputed_from_config() -> None:
     assert [custom.failed(s) for s in (200, 429, 500, 503)] == [False, True, False, True]
 
 
+def test_services_with_the_same_failure_statuses_share_one_set() -> None:
+    """The default rule (every 5xx) is one set for every service, not a copy each (8 KiB per service)."""
+    first, second = outcomes(CircuitBreakerConfig()), outcomes(CircuitBreakerConfig())
+    assert first.statuses is second.statuses
+    assert outcomes(CircuitBreakerConfig(failure_on_status=[503])).statuses is not first.statuses
+
+
 # ------------------------------------------------------------------------------------- open, half-open
 
 
