@@ -94,7 +94,7 @@ class ServiceState:
         self.breaker = CircuitBreaker(name, policy.circuit_breaker, clock, events)
         limits = policy.bulkhead
         self.bulkhead = (
-            Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout, events=events)
+            Bulkhead(name, limits.max_concurrent, limits.max_queue, limits.queue_timeout, events=events, clock=clock)
             if limits.max_concurrent is not None
             else None
         )
@@ -278,7 +278,7 @@ class Services:
             if waiter is None:
                 waiter = state.sync_waiter = asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with self._clock.timeout_at(self._clock.now() + timeout):
                     await waiter.wait()
         if state.sync_pending and not state.balancer.endpoints:
             raise NoHealthyEndpoints(

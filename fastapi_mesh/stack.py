@@ -1,7 +1,7 @@
 """The outbound layer stack, written down once. Each layer is an ``httpx.AsyncBaseTransport`` wrapping
 the next::
 
-    deadline                 the call's overall deadline (one asyncio.timeout_at, only when it has one)
+    deadline                 the call's overall deadline (one timer on the Clock, only when it has one)
     └─ bulkhead              per-service concurrency limit and bounded queue; BulkheadFull when full
        └─ breaker            per-service state machine over the outcome the caller sees; CircuitOpen
           └─ retry           backoff, idempotency rules, budget, Retry-After; transport failures -> MeshError

@@ -144,7 +144,13 @@ async def test_a_hedge_keeps_to_the_retry_layers_fields() -> None:
 
     layer = RetryTransport(httpx.MockTransport(slow_first), clock=clock, rng=random.Random(1), events=EventBus())
     ctx = recording(state, clock)
-    await send(layer, ctx, state)
+    call = asyncio.create_task(send(layer, ctx, state))
+    for _ in range(100):  # until the first attempt is under way
+        if first.is_set():
+            break
+        await asyncio.sleep(0)
+    clock.advance(0.005)  # the hedge delay, on the layer's clock
+    await asyncio.wait_for(call, 5.0)
     assert first.is_set() and state.hedges == 1
     assert ctx.read <= set(layer.reads) | set(layer.writes)
     assert ctx.written <= set(layer.writes)

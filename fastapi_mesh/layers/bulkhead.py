@@ -30,9 +30,21 @@ class BulkheadTransport(Layer):
         return self._limited(request, ctx, bulkhead)
 
     async def _limited(self, request: httpx.Request, ctx: CallContext, bulkhead: Bulkhead) -> httpx.Response:
-        # A queued call waits no longer than its deadline (``retry.max_elapsed`` arms no timer of its own).
+        # A queued call waits no longer than its deadline (``retry.max_elapsed`` arms no timer of its own):
+        # a timer on the clock, armed only when the call has to queue; the queue's own timeout still applies.
         deadline = ctx.deadline
-        await bulkhead.acquire(None if deadline is None else deadline - self._clock.now())
+        if deadline is None or (bulkhead.active < bulkhead.limit and not bulkhead.waiters):
+            await bulkhead.acquire()
+        else:
+            try:
+                async with self._clock.timeout_at(deadline) as scope:
+                    await bulkhead.acquire()
+            except TimeoutError:
+                if scope.expired():
+                    raise DeadlineExceeded(
+                        ctx.service.name, "the deadline passed in the bulkhead queue", request=request
+                    ) from None
+                raise
         if deadline is not None and self._clock.now() >= deadline:
             # Spent waiting here, before the service was reached: not the service's failure (the breaker,
             # below, never sees this call).

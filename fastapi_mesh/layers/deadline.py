@@ -1,8 +1,8 @@
-"""The deadline layer: one ``asyncio.timeout_at`` per call, and only when the call has a deadline."""
+"""The deadline layer: one timer on the clock (``Clock.timeout_at``) per call, and only when the call has a
+deadline."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
@@ -42,9 +42,8 @@ class DeadlineTransport(Layer):
         remaining = deadline - self._clock.now()
         if remaining <= 0:
             raise DeadlineExceeded(ctx.service.name, "the deadline had passed before the call", request=request)
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(loop.time() + remaining + DEADLINE_GRACE) as scope:
+            async with self._clock.timeout_at(deadline + DEADLINE_GRACE) as scope:
                 return await self._inner.handle_async_request(request)
         except TimeoutError as exc:
             if scope.expired():

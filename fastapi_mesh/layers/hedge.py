@@ -5,16 +5,20 @@ answer wins and the other is cancelled. Hedges count against the retry budget (t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
 
+from ..clock import Clock, MonotonicClock
 from ..context import EXTENSION, CallContext
 
 __all__ = ["hedged"]
 
 Attempt = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
+
+_MONOTONIC = MonotonicClock()
 
 
 def _hedge_request(request: httpx.Request) -> httpx.Request:
@@ -43,17 +47,21 @@ async def hedged(
     delay: float,
     allow_hedge: Callable[[], bool],
     is_good: Callable[[httpx.Response], bool],
+    *,
+    clock: Clock = _MONOTONIC,
 ) -> httpx.Response:
-    """Run ``attempt(request)``; if it has not finished after ``delay`` and ``allow_hedge()`` agrees, run a
-    copy alongside it. Return the first good response (``is_good``), else the last answer, else re-raise
-    the last error; the call's context names the endpoint of the attempt that gave it. Whatever is still
-    running at the end is cancelled."""
+    """Run ``attempt(request)``; if it has not finished after ``delay`` (a timer on ``clock``) and
+    ``allow_hedge()`` agrees, run a copy alongside it. Return the first good response (``is_good``), else the
+    last answer, else re-raise the last error; the call's context names the endpoint of the attempt that gave
+    it. Whatever is still running at the end is cancelled."""
     first = asyncio.ensure_future(attempt(request))
     tasks = [first]
     winner: httpx.Response | None = None
     try:
-        done, _ = await asyncio.wait(tasks, timeout=delay)
-        if done or not allow_hedge():
+        with contextlib.suppress(TimeoutError):
+            async with clock.timeout_at(clock.now() + delay):
+                await asyncio.wait(tasks)  # a cancelled wait leaves the attempt running
+        if first.done() or not allow_hedge():
             winner = await first
             return winner
         hedge = _hedge_request(request)

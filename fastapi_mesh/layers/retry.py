@@ -80,6 +80,7 @@ class RetryTransport(Layer):
                         hedge_delay,
                         lambda: self._allow_hedge(ctx, request.method, max_attempts),
                         lambda r: r.status_code not in service.retry_statuses,
+                        clock=self._clock,
                     )
             except MeshError as exc:
                 # A retry that could not even be sent (every endpoint full or gone, no time left) must not

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from ..clock import Clock, MonotonicClock
 from ..errors import BulkheadFull, DeadlineExceeded
 from ..events import BULKHEAD_REJECTED, BulkheadRejected, EventBus
 
@@ -17,9 +18,21 @@ __all__ = ["Bulkhead"]
 
 
 class Bulkhead:
-    """``limit`` concurrent holders, ``queue`` waiters (each for at most ``queue_timeout`` seconds)."""
+    """``limit`` concurrent holders, ``queue`` waiters (each for at most ``queue_timeout`` seconds of ``clock``)."""
 
-    __slots__ = ("active", "events", "limit", "name", "queue", "queue_timeout", "rejected", "route", "scope", "waiters")
+    __slots__ = (
+        "active",
+        "clock",
+        "events",
+        "limit",
+        "name",
+        "queue",
+        "queue_timeout",
+        "rejected",
+        "route",
+        "scope",
+        "waiters",
+    )
 
     def __init__(
         self,
@@ -29,6 +42,7 @@ class Bulkhead:
         queue_timeout: float | None = None,
         scope: str = "",
         events: EventBus | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"bulkhead must be at least 1, not {limit}")
@@ -45,6 +59,8 @@ class Bulkhead:
         self.waiters: deque[asyncio.Future[None]] = deque()
         #: Where ``bulkhead:rejected`` goes (None: nowhere).
         self.events = events
+        #: What a queued call's wait is timed on.
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         #: A route's bulkhead: the route's template (set when the Mesh's lifespan starts); None for a service's.
         self.route: str | None = None
 
@@ -69,7 +85,8 @@ class Bulkhead:
             if limit is None:
                 await waiter
             else:
-                async with asyncio.timeout(limit):
+                clock = self.clock
+                async with clock.timeout_at(clock.now() + limit):
                     await waiter
         except TimeoutError:
             self._abandon(waiter)

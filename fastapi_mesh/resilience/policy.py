@@ -225,7 +225,7 @@ class RoutePolicy:
         remaining = deadline - self._clock.now()
         try:
             # The deadline covers the wait in the bulkhead queue as well as the handler.
-            async with asyncio.timeout(max(remaining, 0.0)) as scope:
+            async with self._clock.timeout_at(deadline) as scope:
                 return await self._call(handler, is_async, bulkhead, args, kwargs)
         except TimeoutError as exc:
             if scope.expired():
