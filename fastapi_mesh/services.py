@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from ._httpx_compat import with_target
 from .balancing.balancer import Balancer
 from .clock import Clock
 from .discovery.base import Endpoint
@@ -45,6 +46,7 @@ class ServiceState:
     """Everything the mesh keeps about one upstream service between calls."""
 
     __slots__ = (
+        "_origin",
         "_urls",
         "active_check",
         "attempt_timeout",
@@ -100,6 +102,7 @@ class ServiceState:
         )
         # The logical URL a call starts with; the balancer swaps in an endpoint's origin per attempt.
         self.base_url = f"http://{name}"
+        self._origin: httpx.URL | None = None  # parsed on the first call
         self._urls: dict[str, httpx.URL] = {}
         # None: the client's default (the global circuit_breaker.timeout) applies without a per-call argument.
         timeout = policy.circuit_breaker.timeout
@@ -136,11 +139,17 @@ class ServiceState:
             waiter.set()
 
     def url(self, path: str) -> httpx.URL:
-        """The call's logical URL for ``path`` (query string included), parsed once per path: parsing and
-        validating a URL costs more than all of the mesh's layers on a call's hot path."""
+        """The call's logical URL for ``path`` (query string included), kept per path: parsing and
+        validating a whole URL costs more than all of the mesh's layers on a call's hot path. A path not
+        kept yet (paths with ids in them rarely repeat) is joined to the service's parsed origin, and only
+        parsed whole when it holds something httpx encodes or refuses (``with_target``)."""
         url = self._urls.get(path)
         if url is None:
-            url = httpx.URL(self.base_url + (path if path.startswith("/") else "/" + path))
+            target = path if path.startswith("/") else "/" + path
+            origin = self._origin
+            if origin is None:
+                origin = self._origin = httpx.URL(self.base_url)
+            url = with_target(origin, self.base_url, target) or httpx.URL(self.base_url + target)
             urls = self._urls
             if len(urls) >= URL_CACHE_SIZE:  # paths with ids in them: bounded, never a leak
                 urls.clear()
