@@ -41,6 +41,9 @@ def main() -> None:
     print(observability_table)
     counted = None if quick else instructions.run()
     instruction_table = instructions.report(counted)
+    observed_counts = None if quick else instructions.run(observability.INSTRUCTION_VARIANTS)
+    observability_counts = observability.instruction_report(observed_counts)
+    print(observability_counts)
     print(instruction_table)
     picks = balancer.run(sizes=(10, 1_000), rounds=3) if quick else balancer.run()
     pick_table = balancer.report(picks)
@@ -157,15 +160,23 @@ downstream and, with `deadline=`, the `asyncio.timeout_at` timer.
 
 ![Per-call CPU with metrics and tracing on and off](img/bench-observability.png)
 
+The same variants, and the OpenTelemetry calls alone, counted in machine instructions under valgrind's
+callgrind as in the overhead section ({instructions.LOW:,} and {instructions.HIGH:,} calls in fresh
+interpreters, the difference divided by the calls between; the batch exporter's thread counted too).
+Instruction counts do not move with the machine's other load, and do not weigh a cold cache either, so
+"the mesh's own part" (what a tracing row adds beyond its OpenTelemetry calls alone) is the mesh's code:
+
+{observability_counts}
+
 Targets: metrics add <= 5% per call; tracing on but unsampled <= 5%; recording <= 25%. The base is a call
 on a mock transport, tens of µs: the smallest there is; against a call on a real socket (see
-[end to end](#end-to-end-on-real-sockets)) the same µs are a far smaller share. The last column is what
-the OpenTelemetry SDK's own calls for one request cost alone, in a loop of their own: for a sampled-out
+[end to end](#end-to-end-on-real-sockets)) the same µs are a far smaller share. The "OpenTelemetry calls
+alone" columns are what the SDK's own calls for one request cost, in a loop of their own: for a sampled-out
 request the sampler, the ids and the non-recording span, and the global propagator writing `traceparent`;
 for a recorded one also the span's attribute store, its end and the batch processor's queue. Where that
 column alone is past the target, no change to the mesh can meet it; what a row adds beyond it is the
-mesh's own few steps (the span's start attributes are kept per URL, the header is appended in place) and
-the SDK's code running colder inside a whole call than in its own loop. See
+mesh's own few steps (the span's start attributes are kept per URL, the header is appended in place) and,
+in CPU time, the SDK's code running colder inside a whole call than in its own loop. See
 [tracing](tracing.md#what-it-costs).
 
 ## Load balancer: pick cost and memory

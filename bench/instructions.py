@@ -24,7 +24,12 @@ VARIANTS = ("raw httpx", FLOOR, "mesh, no deadline", "mesh (preset)", "mesh + de
 
 
 async def _drive(variant: str, calls: int) -> None:
+    from bench import observability
     from fastapi_mesh import MeshClient, MeshSettings
+
+    if variant in observability.INSTRUCTION_VARIANTS:
+        await observability.drive(variant, WARM_UP + calls)
+        return
 
     mock = httpx.MockTransport(handler)
     endpoints = {"user-service": ["http://10.0.0.1:8080"]}
@@ -67,11 +72,12 @@ def _count(variant: str, calls: int) -> int:
     return int(match.group(1))
 
 
-def run() -> dict[str, float] | None:
-    """Instructions per call for each variant, or None without valgrind."""
+def run(variants: tuple[str, ...] = VARIANTS) -> dict[str, float] | None:
+    """Instructions per call for each of ``variants`` (these of ``bench.overhead``, or
+    ``bench.observability.INSTRUCTION_VARIANTS``), or None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
-    return {v: (_count(v, HIGH) - _count(v, LOW)) / (HIGH - LOW) for v in VARIANTS}
+    return {v: (_count(v, HIGH) - _count(v, LOW)) / (HIGH - LOW) for v in variants}
 
 
 def report(results: dict[str, float] | None) -> str:

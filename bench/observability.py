@@ -80,16 +80,21 @@ START_ATTRIBUTES: dict[str, AttributeValue] = {
 END_ATTRIBUTES: dict[str, AttributeValue] = {"http.response.status_code": 200, "mesh.attempts": 1, "mesh.endpoint": "http://10.0.0.1:8080"}
 
 
-def _time_sdk(tracer: Tracer, calls: int) -> float:
-    """Seconds per request of the OpenTelemetry calls a traced request makes, over ``calls`` requests."""
-    gc.collect()
-    start = time.process_time()
+def sdk_calls(tracer: Tracer, calls: int) -> None:
+    """The OpenTelemetry calls ``calls`` traced requests make, alone."""
     for _ in range(calls):
         span = tracer.start_span("GET", None, SpanKind.CLIENT, START_ATTRIBUTES)
         propagate.inject({}, trace.set_span_in_context(span))
         if span.is_recording():
             span.set_attributes(END_ATTRIBUTES)
             span.end()
+
+
+def _time_sdk(tracer: Tracer, calls: int) -> float:
+    """Seconds per request of the OpenTelemetry calls a traced request makes, over ``calls`` requests."""
+    gc.collect()
+    start = time.process_time()
+    sdk_calls(tracer, calls)
     return (time.process_time() - start) / calls
 
 
@@ -101,29 +106,35 @@ def _settings(**observability: bool) -> MeshSettings:
     )
 
 
+def provider(variant: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """The tracer provider of a tracing variant: its sampler, and a batch processor over ``exporter``."""
+    made = TracerProvider(sampler=ALWAYS_ON if variant == RECORDING else ALWAYS_OFF)
+    made.add_span_processor(BatchSpanProcessor(exporter if exporter is not None else CountingExporter()))
+    return made
+
+
+def client(variant: str, transport: httpx.AsyncBaseTransport, tracer_provider: TracerProvider | None) -> MeshClient:
+    """The ``MeshClient`` of ``variant`` (``tracer_provider`` for the tracing variants)."""
+    if variant == METRICS_OFF:
+        return MeshClient(_settings(metrics=False), transport=transport)
+    if variant in (UNSAMPLED, RECORDING):
+        return MeshClient(_settings(tracing=True), transport=transport, tracer_provider=tracer_provider)
+    return MeshClient(_settings(), transport=transport)
+
+
 async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> Results:
     """Median seconds per call for each variant, measured in interleaved rounds."""
     mock = httpx.MockTransport(handler)
-    unsampled = TracerProvider(sampler=ALWAYS_OFF)
-    unsampled_exporter = CountingExporter()
-    unsampled.add_span_processor(BatchSpanProcessor(unsampled_exporter))
-    recording = TracerProvider(sampler=ALWAYS_ON)
-    recording_exporter = CountingExporter()
-    recording.add_span_processor(BatchSpanProcessor(recording_exporter))
-    clients: dict[str, MeshClient] = {
-        BASELINE: MeshClient(_settings(), transport=mock),
-        METRICS_OFF: MeshClient(_settings(metrics=False), transport=mock),
-        UNSAMPLED: MeshClient(_settings(tracing=True), transport=mock, tracer_provider=unsampled),
-        RECORDING: MeshClient(_settings(tracing=True), transport=mock, tracer_provider=recording),
-    }
+    unsampled_exporter, recording_exporter = CountingExporter(), CountingExporter()
+    unsampled, recording = provider(UNSAMPLED, unsampled_exporter), provider(RECORDING, recording_exporter)
+    providers = {UNSAMPLED: unsampled, RECORDING: recording}
+    clients = {name: client(name, mock, providers.get(name)) for name in VARIANTS}
     variants: dict[str, Callable[[], Awaitable[httpx.Response]]] = {}
-    sdk_providers = {UNSAMPLED: TracerProvider(sampler=ALWAYS_OFF), RECORDING: TracerProvider(sampler=ALWAYS_ON)}
-    for provider in sdk_providers.values():
-        provider.add_span_processor(BatchSpanProcessor(CountingExporter()))
-    tracers = {name: provider.get_tracer("bench") for name, provider in sdk_providers.items()}
-    for name, client in clients.items():
-        await client.initialize()
-        variants[name] = _caller(client)
+    sdk_providers = {UNSAMPLED: provider(UNSAMPLED), RECORDING: provider(RECORDING)}
+    tracers = {name: made.get_tracer("bench") for name, made in sdk_providers.items()}
+    for name, mesh in clients.items():
+        await mesh.initialize()
+        variants[name] = _caller(mesh)
     try:
         for call in variants.values():  # warm up caches, pools, lazy imports
             await _time(call, min(500, calls_per_round))
@@ -135,10 +146,10 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> R
                 if name in tracers:
                     sdk_samples[name].append(_time_sdk(tracers[name], calls_per_round))
     finally:
-        for client in clients.values():
-            await client.aclose()
-    for provider in (unsampled, recording, *sdk_providers.values()):
-        provider.shutdown()  # flushes what the batch processors hold
+        for mesh in clients.values():
+            await mesh.aclose()
+    for made in (unsampled, recording, *sdk_providers.values()):
+        made.shutdown()  # flushes what the batch processors hold
     results = Results({name: statistics.median(values) for name, values in samples.items()})
     results.exported = {UNSAMPLED: unsampled_exporter.exported, RECORDING: recording_exporter.exported}
     results.sdk = {name: statistics.median(values) for name, values in sdk_samples.items()}
@@ -180,6 +191,63 @@ def report(results: dict[str, float]) -> str:
             f"| <= {limit:.0%} | {'yes' if added <= limit else 'no'} | {alone} |"
         )
     return "\n".join(lines)
+
+
+#: The instruction-count variant of each tracing row's OpenTelemetry calls alone (``bench.instructions``).
+SDK_ALONE = {UNSAMPLED: "OpenTelemetry calls alone, unsampled", RECORDING: "OpenTelemetry calls alone, recording"}
+
+
+def instruction_report(counts: dict[str, float] | None) -> str:
+    """The rows of ``report`` in instructions per call (``bench.instructions.run(INSTRUCTION_VARIANTS)``),
+    where what the machine's other load does cannot move them; the mesh's own part of a tracing row is what it
+    adds beyond its OpenTelemetry calls alone."""
+    if counts is None:
+        return "(valgrind is not installed: no instruction counts)"
+    lines = [
+        "| variant | instructions per call | added per call | target | met | OpenTelemetry calls alone "
+        "| the mesh's own part |",
+        "| --- | ---: | ---: | ---: | :---: | ---: | ---: |",
+    ]
+    for name in VARIANTS:
+        count = counts[name]
+        target = TARGETS.get(name)
+        if target is None:
+            lines.append(f"| {name} | {count:,.0f} | | | | | |")
+            continue
+        base_name, limit = target
+        with_it, without = (counts[base_name], count) if name == METRICS_OFF else (count, counts[base_name])
+        added = with_it / without - 1
+        alone, own = "", ""
+        if name in SDK_ALONE:
+            sdk = counts[SDK_ALONE[name]]
+            alone, own = f"{sdk:,.0f}", f"{with_it - without - sdk:+,.0f} ({(with_it - without - sdk) / without:+.1%})"
+        lines.append(
+            f"| {name} | {count:,.0f} | {with_it - without:+,.0f} ({added:+.1%}) | <= {limit:.0%} "
+            f"| {'yes' if added <= limit else 'no'} | {alone} | {own} |"
+        )
+    return "\n".join(lines)
+
+
+#: What ``bench.instructions`` counts for ``instruction_report``.
+INSTRUCTION_VARIANTS = (*VARIANTS, *SDK_ALONE.values())
+
+
+async def drive(variant: str, calls: int) -> None:
+    """Make ``calls`` calls of ``variant`` (one of ``INSTRUCTION_VARIANTS``), for ``bench.instructions``."""
+    tracing = next((name for name, alone in SDK_ALONE.items() if alone == variant), None)
+    if tracing is not None:
+        made = provider(tracing)
+        sdk_calls(made.get_tracer("bench"), calls)
+        made.shutdown()
+        return
+    made = provider(variant) if variant in (UNSAMPLED, RECORDING) else None
+    mesh = client(variant, httpx.MockTransport(handler), made)
+    await mesh.initialize()
+    for _ in range(calls):
+        await mesh.get("user-service", "/api/users")
+    await mesh.aclose()
+    if made is not None:
+        made.shutdown()
 
 
 if __name__ == "__main__":

@@ -81,15 +81,34 @@ class CallDurations(Durations):
     """One upstream service's call durations by ``(method, code_class)``, observed once per call: from its
     start to its final answer (after retries and hedges; for a stream, when the response head arrives)."""
 
-    __slots__ = ()
+    __slots__ = ("_rows",)
 
     def __init__(self) -> None:
         super().__init__(UPSTREAM_BUCKETS)
+        #: The series row of each (method, status) seen, so that a call does one lookup (bounded: methods
+        #: and statuses beyond ``_ROWS_KEPT`` pairs take the longer way, never more memory).
+        self._rows: dict[tuple[str, int | None], list[float]] = {}
 
     def observe_call(self, method: str, status: int | None, seconds: float) -> None:
         """Note one call; ``status`` None: it ended without a response (``code_class="error"``)."""
+        row = self._rows.get((method, status))
+        if row is None:
+            row = self._row(method, status)
+        row[bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def _row(self, method: str, status: int | None) -> list[float]:
         name = _METHODS.get(method)
         if name is None:
             name = method.upper() if method.upper() in METHOD_LABELS else "OTHER"
         code = NO_RESPONSE if status is None else _CODE_CLASSES.get(status // 100, "other")
-        self.observe((name, code), seconds)
+        row = self.series.get((name, code))
+        if row is None:
+            row = self.series[(name, code)] = [0.0] * (len(self.buckets) + 2)
+        if len(self._rows) < _ROWS_KEPT:
+            self._rows[(method, status)] = row
+        return row
+
+
+#: (method, status) pairs whose row a ``CallDurations`` keeps at hand.
+_ROWS_KEPT = 64
