@@ -285,7 +285,7 @@ offered under a total outage:
 
 {scale.__doc__.split("Targets:")[0].strip()}
 
-`python -m bench.scale` runs this part alone (`--quick`: fewer, shorter rounds).
+`python -m bench.scale` runs this part alone (`--quick`: fewer, shorter rounds; `--plot`: redraws its plot too).
 
 {scale_table}
 

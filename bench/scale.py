@@ -526,6 +526,10 @@ def main(argv: list[str] | None = None) -> None:
     print(report(results))
     print()
     print(targets(results))
+    if "--plot" in args:
+        from bench import plots
+
+        print(f"plot: {plots.plot_scale(results)}" if plots.available() else "plot: matplotlib is not installed")
 
 
 if __name__ == "__main__":
