@@ -30,6 +30,7 @@ pytest: $(STAMP) system-packages
 test: lint typecheck pytest
 
 bench: $(STAMP)
+	bash scripts/system-packages.sh bench
 	$(BIN)/python -m bench $(ARGS)
 
 soak: $(STAMP)

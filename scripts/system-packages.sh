@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives (real tools, not mocks) when they are missing.
-# Usage: scripts/system-packages.sh  (needs root or sudo for apt-get; prints what it does)
+# Usage: scripts/system-packages.sh [bench]  (needs root or sudo for apt-get; prints what it does)
+#   bench: also what `make bench` compares against (HAProxy, the sidecar of bench/e2e.py and bench/failover.py)
 set -euo pipefail
 
 # command -> Debian package providing it
@@ -9,6 +10,9 @@ declare -A NEEDED=(
   [dnsmasq]=dnsmasq-base
   [chromium]=chromium
 )
+if [ "${1:-}" = bench ]; then
+  NEEDED[haproxy]=haproxy
+fi
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
