@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh.clock import MonotonicClock
 from fastapi_mesh.discovery import Endpoint, StaticDiscovery
@@ -148,8 +149,8 @@ async def run_calls(rounds: int = CALL_ROUNDS, calls: int = CALLS_PER_ROUND) -> 
         for variant in CALL_VARIANTS:
             discovery.set_endpoints("svc", _endpoints(10))
             counts[variant] = await _python_calls_per_call(client, discovery, variant)
-        for _ in range(rounds):
-            for variant in CALL_VARIANTS:
+        for round_ in range(rounds):
+            for variant in in_turn(CALL_VARIANTS, round_):
                 discovery.set_endpoints("svc", _endpoints(10))
                 times[variant].append(await _call_round(client, discovery, variant, calls))
     return {

@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshError, MeshSettings
 from fastapi_mesh.settings import DEFAULT_CONNECTION_BACKEND
 
@@ -539,7 +540,7 @@ def interleaved(
     samples: dict[tuple[int, str], list[Sample]] = {}
     for round_ in range(rounds):
         for level in concurrency:
-            for index, label in enumerate(labels):
+            for index, label in in_turn(enumerate(labels), round_):
                 samples.setdefault((level, label), []).append(measure_one(level, index))
         if progress is not None:
             progress(f"{name}: round {round_ + 1}/{rounds} done")

@@ -88,6 +88,7 @@ from bench.e2e import (
     machine,
     started,
 )
+from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshSettings
 
 #: Calls offered a second, about a sixth of what the client and the replicas can serve on two cores.
@@ -516,7 +517,7 @@ def run(
         assert set(FAULTY.values()) <= {r.name for r in fleet.replicas}
         for round_ in range(rounds):
             for scenario in SCENARIOS:
-                for client in found:
+                for client in in_turn(found, round_):
                     if scenario in client.scenarios:
                         samples[scenario][client.label].append(measure(scenario, client, fleet, rate, seconds))
             if progress is not None:

@@ -37,6 +37,7 @@ from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from bench.overhead import _time, handler
+from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshSettings
 
 CALLS_PER_ROUND = 3_000
@@ -140,8 +141,8 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> R
             await _time(call, min(500, calls_per_round))
         samples: dict[str, list[float]] = {name: [] for name in variants}
         sdk_samples: dict[str, list[float]] = {name: [] for name in tracers}
-        for _ in range(rounds):
-            for name, call in variants.items():
+        for round_ in range(rounds):
+            for name, call in in_turn(variants.items(), round_):
                 samples[name].append(await _time(call, calls_per_round))
                 if name in tracers:
                     sdk_samples[name].append(_time_sdk(tracers[name], calls_per_round))

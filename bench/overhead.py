@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshSettings
 
 CALLS_PER_ROUND = 3_000
@@ -115,8 +116,8 @@ async def run(calls_per_round: int = CALLS_PER_ROUND, rounds: int = ROUNDS) -> d
     for call in variants.values():  # warm up caches, pools, lazy imports
         await _time(call, 500)
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, call in variants.items():
+    for round_ in range(rounds):
+        for name, call in in_turn(variants.items(), round_):
             samples[name].append(await _time(call, calls_per_round))
     await raw.aclose()
     await mesh.aclose()

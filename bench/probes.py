@@ -21,6 +21,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from bench.rounds import in_turn
 from fastapi_mesh import Mesh, MeshSettings
 
 ROUNDS = 15
@@ -61,8 +62,8 @@ async def run(rounds: int = ROUNDS, probes: int = PROBES) -> dict[str, dict[str,
     """``{variant: {"/health/ready": seconds per probe, "/health/live": seconds per probe}}``."""
     times: dict[tuple[str, str], list[float]] = {}
     async with _started(VARIANTS) as clients:
-        for _ in range(rounds):
-            for variant in VARIANTS:
+        for round_ in range(rounds):
+            for variant in in_turn(VARIANTS, round_):
                 for path in ("/health/ready", "/health/live"):
                     cost = await _round(clients[variant], path, probes)
                     times.setdefault((variant, path), []).append(cost)

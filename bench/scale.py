@@ -52,6 +52,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 
 from bench.overhead import handler
+from bench.rounds import in_turn
 from fastapi_mesh import Mesh, MeshClient, MeshMiddleware, MeshSettings, get_mesh
 
 SERVICES = (1, 10, 200)
@@ -220,8 +221,8 @@ async def run_calls(
         gc.freeze()  # what exists now is never collected: the collection before each round stays short
         counts = {size: await _python_calls(clients[size].get, sequences[size][:PROFILED_CALLS]) for size in sizes}
         samples: dict[Size, list[float]] = {size: [] for size in sizes}
-        for _ in range(rounds):
-            for size in sizes:
+        for round_ in range(rounds):
+            for size in in_turn(sizes, round_):
                 samples[size].append(await _calls(clients[size], sequences[size]))
     finally:
         gc.unfreeze()
@@ -345,8 +346,8 @@ async def run_gateway(
             urls[size] = [f"/api/{service}{path}" for service, path in sequence(*size, requests, seed=i)]
             await _requests(clients[size], [f"/api/{s}{p}" for s, p in pairs(*size)])
             await _requests(clients[size], urls[size])
-        for _ in range(rounds):
-            for size in sizes:
+        for round_ in range(rounds):
+            for size in in_turn(sizes, round_):
                 samples[size].append(await _requests(clients[size], urls[size]))
         for size in sizes:
             exposition = (await clients[size].get("/metrics")).text
