@@ -21,13 +21,13 @@ import asyncio
 import gc
 import random
 import statistics
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from bench.profiled import python_calls_per_call
 from bench.rounds import in_turn
 from fastapi_mesh import MeshClient, MeshSettings
 from fastapi_mesh.clock import MonotonicClock
@@ -116,25 +116,15 @@ async def _call_round(client: MeshClient, discovery: StaticDiscovery, variant: s
 
 
 async def _python_calls_per_call(client: MeshClient, discovery: StaticDiscovery, variant: str) -> float:
-    """Python function calls one ``client.get`` makes (counted with ``sys.setprofile``): machine-independent
-    evidence of whether a call after an update does any extra work."""
-    counted = 0
-
-    def count(frame: Any, event: str, arg: Any) -> None:
-        nonlocal counted
-        if event == "call":
-            counted += 1
-
+    """Python function calls one ``client.get`` makes: machine-independent evidence of whether a call after
+    an update does any extra work (the publish before each call is not counted)."""
     before = _before_each_call(discovery, variant)
-    calls = 50
-    for i in range(calls):
+
+    def call(i: int) -> Awaitable[httpx.Response]:
         before(i)
-        sys.setprofile(count)
-        try:
-            await client.get("svc", "/")
-        finally:
-            sys.setprofile(None)
-    return counted / calls
+        return client.get("svc", "/")
+
+    return await python_calls_per_call(call, 50)
 
 
 async def run_calls(rounds: int = CALL_ROUNDS, calls: int = CALLS_PER_ROUND) -> dict[str, dict[str, float]]:

@@ -52,6 +52,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 
 from bench.overhead import handler
+from bench.profiled import python_calls_per_call
 from bench.rounds import in_turn
 from fastapi_mesh import Mesh, MeshClient, MeshMiddleware, MeshSettings, get_mesh
 
@@ -186,21 +187,8 @@ async def _calls(client: MeshClient, calls: Pairs) -> float:
 
 
 async def _python_calls(call: Callable[[str, str], Awaitable[Any]], calls: Pairs) -> float:
-    """Python function calls per call (``sys.setprofile``) over ``calls``."""
-    counted = 0
-
-    def count(frame: Any, event: str, arg: Any) -> None:
-        nonlocal counted
-        if event == "call":
-            counted += 1
-
-    for service, path in calls:
-        sys.setprofile(count)
-        try:
-            await call(service, path)
-        finally:
-            sys.setprofile(None)
-    return counted / len(calls)
+    """Python function calls per call over ``calls``."""
+    return await python_calls_per_call(lambda i: call(*calls[i]), len(calls))
 
 
 async def run_calls(
