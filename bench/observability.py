@@ -268,8 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--plot" in args:
         from bench import plots
 
-        drawn = plots.plot_observability(measured) if plots.available() else "matplotlib is not installed"
-        print(f"plot: {drawn}")
+        print(f"plot: {plots.redraw('observability', measured)}")
 
 
 if __name__ == "__main__":

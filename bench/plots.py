@@ -375,6 +375,12 @@ PLOTS: dict[str, Callable[[Any, Path], Path]] = {
 }
 
 
+def redraw(scenario: str, results: Any, directory: Path = IMG) -> str:
+    """The ``--plot`` of a benchmark run alone: redraws ``scenario``'s PNG from ``results`` and says where,
+    or that matplotlib is not installed."""
+    return str(PLOTS[scenario](results, directory)) if available() else "matplotlib is not installed"
+
+
 def plot_all(directory: Path = IMG, **results: Any) -> list[Path]:
     """A PNG for each scenario given by name (``overhead=``, ``balancer=``, ``e2e=``, ``mtls=``,
     ``observability=``, ``discovery=``, ``probes=``, ``scale=``, ``failover=``; None: skipped); the paths

@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--plot" in args:
         from bench import plots
 
-        print(f"plot: {plots.plot_scale(results)}" if plots.available() else "plot: matplotlib is not installed")
+        print(f"plot: {plots.redraw('scale', results)}")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,14 @@ def test_plot_all_without_matplotlib_prints_a_note_and_writes_nothing(
 def test_plot_all_refuses_a_scenario_it_has_no_plot_for(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="no plot for latency"):
         plots.plot_all(tmp_path, latency={})
+
+
+def test_redraw_writes_one_scenario_and_says_where(tmp_path: Path) -> None:
+    assert plots.redraw("scale", fake_results()["scale"], tmp_path) == str(tmp_path / "bench-scale.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["bench-scale.png"]
+
+
+def test_redraw_without_matplotlib_says_so_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plots, "available", lambda: False)
+    assert plots.redraw("scale", fake_results()["scale"], tmp_path) == "matplotlib is not installed"
+    assert list(tmp_path.iterdir()) == []
